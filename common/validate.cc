@@ -1,0 +1,111 @@
+#include "common/validate.h"
+
+#include <cmath>
+#include <string>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+
+namespace shardvec {
+namespace {
+
+absl::Status Invalid(const std::string& msg) { return absl::InvalidArgumentError(msg); }
+
+// `field` names the vector, e.g. "records[3].vector".
+absl::Status CheckVector(const std::string& field, const v1::CollectionSpec& spec,
+                         const google::protobuf::RepeatedField<float>& v) {
+  if (v.size() != static_cast<int>(spec.dim())) {
+    return Invalid(absl::StrFormat("%s: dimension %d does not match collection '%s' (dim %d)", field,
+                                   v.size(), spec.name(), spec.dim()));
+  }
+  for (int j = 0; j < v.size(); ++j) {
+    if (!std::isfinite(v[j])) {
+      return Invalid(absl::StrFormat("%s[%d]: %s is not allowed in a vector", field, j,
+                                     std::isnan(v[j]) ? "NaN" : "Inf"));
+    }
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::Status ValidateCollectionName(const std::string& name) {
+  if (name.empty()) return Invalid("name: the collection name is empty");
+  if (name.size() > 64) return Invalid("name: longer than 64 characters");
+  for (char c : name) {
+    bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_' ||
+              c == '-';
+    if (!ok) return Invalid(absl::StrCat("name: '", name, "' may use only letters, digits, '_' and '-'"));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status NormalizeCollectionSpec(v1::CollectionSpec* spec) {
+  if (absl::Status s = ValidateCollectionName(spec->name()); !s.ok()) return s;
+  if (spec->dim() < 1 || spec->dim() > static_cast<uint32_t>(kMaxDim)) {
+    return Invalid(absl::StrFormat("dim: %d is out of range [1, %d]", spec->dim(), kMaxDim));
+  }
+  if (spec->metric() == v1::METRIC_UNSPECIFIED) spec->set_metric(v1::L2);
+  if (!v1::Metric_IsValid(spec->metric())) {
+    return Invalid(absl::StrFormat("metric: unknown value %d", spec->metric()));
+  }
+  if (spec->index_spec().empty()) spec->set_index_spec("Flat");
+  if (spec->device() == v1::DEVICE_UNSPECIFIED) spec->set_device(v1::CPU);
+  if (!v1::Device_IsValid(spec->device())) {
+    return Invalid(absl::StrFormat("device: unknown value %d", spec->device()));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status ValidateUpsert(const v1::CollectionSpec& spec, const v1::UpsertRequest& req) {
+  if (req.records_size() == 0) return Invalid("records: empty batch");
+  if (req.records_size() > kMaxRecordsPerWrite) {
+    return Invalid(absl::StrFormat("records: batch of %d exceeds the limit of %d per request",
+                                   req.records_size(), kMaxRecordsPerWrite));
+  }
+  for (int i = 0; i < req.records_size(); ++i) {
+    const v1::Record& r = req.records(i);
+    if (r.id() == ~uint64_t{0}) {
+      return Invalid(absl::StrFormat("records[%d].id: 18446744073709551615 is reserved", i));
+    }
+    if (absl::Status s = CheckVector(absl::StrFormat("records[%d].vector", i), spec, r.vector()); !s.ok()) {
+      return s;
+    }
+    if (r.payload().ByteSizeLong() > static_cast<size_t>(kMaxPayloadBytes)) {
+      return Invalid(absl::StrFormat("records[%d].payload: %d bytes exceeds the limit of %d", i,
+                                     r.payload().ByteSizeLong(), kMaxPayloadBytes));
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::Status ValidateIds(const char* field, const google::protobuf::RepeatedField<uint64_t>& ids) {
+  if (ids.empty()) return Invalid(absl::StrCat(field, ": empty batch"));
+  if (ids.size() > kMaxRecordsPerWrite) {
+    return Invalid(absl::StrFormat("%s: batch of %d exceeds the limit of %d per request", field, ids.size(),
+                                   kMaxRecordsPerWrite));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status ValidateSearch(const v1::CollectionSpec& spec, const v1::SearchRequest& req) {
+  if (req.queries_size() == 0) return Invalid("queries: empty batch");
+  if (req.queries_size() > kMaxQueriesPerSearch) {
+    return Invalid(absl::StrFormat("queries: batch of %d exceeds the limit of %d per request",
+                                   req.queries_size(), kMaxQueriesPerSearch));
+  }
+  if (req.k() < 1 || req.k() > kMaxTopK) {
+    return Invalid(absl::StrFormat("k: %d is out of range [1, %d]", req.k(), kMaxTopK));
+  }
+  if (req.params().nprobe() > 1u << 20) return Invalid("params.nprobe: out of range");
+  if (req.params().ef_search() > 1u << 20) return Invalid("params.ef_search: out of range");
+  for (int i = 0; i < req.queries_size(); ++i) {
+    if (absl::Status s = CheckVector(absl::StrFormat("queries[%d]", i), spec, req.queries(i).values());
+        !s.ok()) {
+      return s;
+    }
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace shardvec

@@ -1,0 +1,33 @@
+// Request validation shared by the router (the edge) and the shard (defence in depth).
+// Every error is INVALID_ARGUMENT and names the offending field, e.g.
+// "queries[3]: dimension 127 does not match collection 'docs' (dim 128)".
+#ifndef SHARDVEC_COMMON_VALIDATE_H_
+#define SHARDVEC_COMMON_VALIDATE_H_
+
+#include <cstdint>
+
+#include "absl/status/status.h"
+#include "proto/shardvec.pb.h"
+
+namespace shardvec {
+
+inline constexpr int kMaxDim = 65536;
+inline constexpr int kMaxTopK = 4096;
+inline constexpr int kMaxQueriesPerSearch = 16384;
+inline constexpr int kMaxRecordsPerWrite = 100000;
+inline constexpr int kMaxPayloadBytes = 1 << 20;
+// gRPC message limit on every server and client of the project.
+inline constexpr int kMaxMessageBytes = 256 << 20;
+
+absl::Status ValidateCollectionName(const std::string& name);
+
+// Fills defaults (metric L2, index "Flat", device CPU) and validates.
+absl::Status NormalizeCollectionSpec(v1::CollectionSpec* spec);
+
+absl::Status ValidateUpsert(const v1::CollectionSpec& spec, const v1::UpsertRequest& req);
+absl::Status ValidateIds(const char* field, const google::protobuf::RepeatedField<uint64_t>& ids);
+absl::Status ValidateSearch(const v1::CollectionSpec& spec, const v1::SearchRequest& req);
+
+}  // namespace shardvec
+
+#endif  // SHARDVEC_COMMON_VALIDATE_H_
