@@ -97,6 +97,10 @@ absl::Status ValidateSearch(const v1::CollectionSpec& spec, const v1::SearchRequ
   if (req.k() < 1 || req.k() > kMaxTopK) {
     return Invalid(absl::StrFormat("k: %d is out of range [1, %d]", req.k(), kMaxTopK));
   }
+  if (int64_t{req.queries_size()} * req.k() > kMaxResultsPerSearch) {
+    return Invalid(absl::StrFormat("k: %d queries x k %d exceeds the limit of %d results per request",
+                                   req.queries_size(), req.k(), kMaxResultsPerSearch));
+  }
   if (req.params().nprobe() > 1u << 20) return Invalid("params.nprobe: out of range");
   if (req.params().ef_search() > 1u << 20) return Invalid("params.ef_search: out of range");
   for (int i = 0; i < req.queries_size(); ++i) {

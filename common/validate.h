@@ -17,7 +17,9 @@ inline constexpr int kMaxQueriesPerSearch = 16384;
 inline constexpr int kMaxRecordsPerWrite = 100000;
 inline constexpr int kMaxPayloadBytes = 1 << 20;
 // gRPC message limit on every server and client of the project.
-inline constexpr int kMaxMessageBytes = 256 << 20;
+inline constexpr int kMaxMessageBytes = 64 << 20;
+// queries x k per search, so that a response fits in one message.
+inline constexpr int64_t kMaxResultsPerSearch = int64_t{1} << 22;
 
 absl::Status ValidateCollectionName(const std::string& name);
 

@@ -1,0 +1,454 @@
+#include "cli/commands.h"
+
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cstdio>
+#include <deque>
+#include <memory>
+#include <random>
+#include <thread>
+#include <vector>
+
+#include "absl/container/flat_hash_map.h"
+#include "absl/container/flat_hash_set.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/clock.h"
+#include "common/server_util.h"
+#include "common/stats.h"
+#include "common/status.h"
+#include "common/vecs_io.h"
+#include "proto/shardvec.grpc.pb.h"
+
+namespace shardvec::cli {
+namespace {
+
+using Stub = v1::ShardVec::Stub;
+
+std::unique_ptr<Stub> Connect(const std::string& router) { return v1::ShardVec::NewStub(MakeChannel(router)); }
+
+int Fail(const absl::Status& s) {
+  std::fprintf(stderr, "error: %s: %s\n", absl::StatusCodeToString(s.code()).c_str(),
+               std::string(s.message()).c_str());
+  return 1;
+}
+
+int Fail(const grpc::Status& s) { return Fail(FromGrpc(s)); }
+
+void SetDeadline(grpc::ClientContext* ctx, absl::Duration d) { ctx->set_deadline(absl::ToChronoTime(absl::Now() + d)); }
+
+const char* MetricName(v1::Metric m) {
+  switch (m) {
+    case v1::IP:
+      return "ip";
+    case v1::COSINE:
+      return "cosine";
+    default:
+      return "l2";
+  }
+}
+
+std::string DescribeSpec(const v1::CollectionInfo& info) {
+  const v1::CollectionSpec& s = info.spec();
+  return absl::StrFormat("%-20s dim %-5d %-6s %-16s %-4s %d records", s.name(), s.dim(), MetricName(s.metric()),
+                         s.index_spec(), s.device() == v1::GPU ? "gpu" : "cpu", info.num_records());
+}
+
+// Progress on stderr: a redrawn bar on a terminal, a line every 10% otherwise.
+class Progress {
+ public:
+  explicit Progress(int64_t total) : total_(total), tty_(::isatty(STDERR_FILENO) == 1), start_(absl::Now()) {}
+
+  void Update(int64_t done) {
+    const double secs = absl::ToDoubleSeconds(absl::Now() - start_);
+    const double rate = secs > 0 ? done / secs : 0;
+    const double frac = total_ > 0 ? static_cast<double>(done) / total_ : 1;
+    const double eta = rate > 0 ? (total_ - done) / rate : 0;
+    if (tty_) {
+      const int width = 30;
+      int filled = static_cast<int>(frac * width);
+      std::fprintf(stderr, "\r[%s%s] %5.1f%% %lld/%lld  %.0f vectors/s  ETA %.0fs ", std::string(filled, '#').c_str(),
+                   std::string(width - filled, ' ').c_str(), 100 * frac, static_cast<long long>(done),
+                   static_cast<long long>(total_), rate, eta);
+      std::fflush(stderr);
+    } else if (static_cast<int>(frac * 10) > last_decile_ || done == total_) {
+      last_decile_ = static_cast<int>(frac * 10);
+      std::fprintf(stderr, "ingest: %lld/%lld (%.0f%%) %.0f vectors/s ETA %.0fs\n", static_cast<long long>(done),
+                   static_cast<long long>(total_), 100 * frac, rate, eta);
+    }
+  }
+
+  void Finish() {
+    if (tty_) std::fprintf(stderr, "\n");
+  }
+
+ private:
+  const int64_t total_;
+  const bool tty_;
+  const absl::Time start_;
+  int last_decile_ = -1;
+};
+
+// A bounded FIFO between the file reader and the sender threads: it is what keeps
+// ingestion memory flat whatever the file's size.
+template <typename T>
+class BoundedQueue {
+ public:
+  explicit BoundedQueue(size_t capacity) : capacity_(capacity) {}
+
+  // False once closed.
+  bool Push(T item) {
+    absl::MutexLock lock(&mu_);
+    mu_.Await(absl::Condition(
+        +[](BoundedQueue* q) { return q->closed_ || q->items_.size() < q->capacity_; }, this));
+    if (closed_) return false;
+    items_.push_back(std::move(item));
+    return true;
+  }
+
+  // False when closed and drained.
+  bool Pop(T* item) {
+    absl::MutexLock lock(&mu_);
+    mu_.Await(absl::Condition(+[](BoundedQueue* q) { return q->closed_ || !q->items_.empty(); }, this));
+    if (items_.empty()) return false;
+    *item = std::move(items_.front());
+    items_.pop_front();
+    return true;
+  }
+
+  void Close() {
+    absl::MutexLock lock(&mu_);
+    closed_ = true;
+  }
+
+ private:
+  absl::Mutex mu_;
+  const size_t capacity_;
+  std::deque<T> items_ ABSL_GUARDED_BY(mu_);
+  bool closed_ ABSL_GUARDED_BY(mu_) = false;
+};
+
+absl::StatusOr<FloatMatrix> ReadQueries(const std::string& path) { return ReadFvecs(path); }
+
+v1::SearchRequest MakeSearch(const std::string& collection, const FloatMatrix& q, int64_t begin, int64_t end, int k,
+                             int nprobe, int ef_search) {
+  v1::SearchRequest req;
+  req.set_collection(collection);
+  req.set_k(k);
+  req.mutable_params()->set_nprobe(nprobe);
+  req.mutable_params()->set_ef_search(ef_search);
+  for (int64_t i = begin; i < end; ++i) req.add_queries()->mutable_values()->Add(q.row(i), q.row(i) + q.dim);
+  return req;
+}
+
+}  // namespace
+
+int Generate(const GenOptions& o) {
+  if (o.rows < 1 || o.dim < 1 || o.clusters < 1) {
+    return Fail(absl::InvalidArgumentError("--rows, --dim and --clusters must be at least 1"));
+  }
+  std::mt19937 rng(o.seed);
+  std::normal_distribution<float> normal;
+  std::vector<float> centres(static_cast<size_t>(o.clusters) * o.dim);
+  for (float& x : centres) x = normal(rng);
+  FloatMatrix m{o.rows, o.dim, std::vector<float>(static_cast<size_t>(o.rows) * o.dim)};
+  for (int64_t i = 0; i < o.rows; ++i) {
+    const float* c = centres.data() + static_cast<size_t>(rng() % o.clusters) * o.dim;
+    for (int j = 0; j < o.dim; ++j) m.data[i * o.dim + j] = c[j] + 0.3f * normal(rng);
+  }
+  if (absl::Status s = WriteFvecs(o.out_file, m); !s.ok()) return Fail(s);
+  std::printf("wrote %lld vectors of dim %d to %s\n", static_cast<long long>(o.rows), o.dim, o.out_file.c_str());
+  return 0;
+}
+
+int CreateCollection(const std::string& router, const CreateOptions& o) {
+  v1::CreateCollectionRequest req;
+  v1::CollectionSpec* spec = req.mutable_spec();
+  spec->set_name(o.name);
+  spec->set_dim(o.dim);
+  if (o.metric == "l2") {
+    spec->set_metric(v1::L2);
+  } else if (o.metric == "ip") {
+    spec->set_metric(v1::IP);
+  } else if (o.metric == "cosine") {
+    spec->set_metric(v1::COSINE);
+  } else {
+    return Fail(absl::InvalidArgumentError(absl::StrCat("--metric: '", o.metric, "' is not l2, ip or cosine")));
+  }
+  if (o.device != "cpu" && o.device != "gpu") {
+    return Fail(absl::InvalidArgumentError(absl::StrCat("--device: '", o.device, "' is not cpu or gpu")));
+  }
+  spec->set_device(o.device == "gpu" ? v1::GPU : v1::CPU);
+  spec->set_index_spec(o.index);
+  v1::CreateCollectionResponse resp;
+  grpc::ClientContext ctx;
+  SetDeadline(&ctx, absl::Minutes(1));
+  grpc::Status s = Connect(router)->CreateCollection(&ctx, req, &resp);
+  if (!s.ok()) return Fail(s);
+  std::printf("created collection %s\n", DescribeSpec(resp.collection()).c_str());
+  return 0;
+}
+
+int ListCollections(const std::string& router) {
+  v1::ListCollectionsResponse resp;
+  grpc::ClientContext ctx;
+  SetDeadline(&ctx, absl::Seconds(30));
+  grpc::Status s = Connect(router)->ListCollections(&ctx, {}, &resp);
+  if (!s.ok()) return Fail(s);
+  for (const v1::CollectionInfo& info : resp.collections()) std::printf("%s\n", DescribeSpec(info).c_str());
+  return 0;
+}
+
+int DescribeCollection(const std::string& router, const std::string& name) {
+  v1::DescribeCollectionRequest req;
+  req.set_name(name);
+  v1::DescribeCollectionResponse resp;
+  grpc::ClientContext ctx;
+  SetDeadline(&ctx, absl::Seconds(30));
+  grpc::Status s = Connect(router)->DescribeCollection(&ctx, req, &resp);
+  if (!s.ok()) return Fail(s);
+  std::printf("%s\n", DescribeSpec(resp.collection()).c_str());
+  return 0;
+}
+
+int DropCollection(const std::string& router, const std::string& name) {
+  v1::DropCollectionRequest req;
+  req.set_name(name);
+  v1::DropCollectionResponse resp;
+  grpc::ClientContext ctx;
+  SetDeadline(&ctx, absl::Minutes(1));
+  grpc::Status s = Connect(router)->DropCollection(&ctx, req, &resp);
+  if (!s.ok()) return Fail(s);
+  std::printf("dropped collection %s\n", name.c_str());
+  return 0;
+}
+
+int Ingest(const std::string& router, const IngestOptions& o) {
+  if (o.batch < 1 || o.batch > 100000) return Fail(absl::InvalidArgumentError("--batch: out of range [1, 100000]"));
+  if (o.concurrency < 1 || o.concurrency > 64) return Fail(absl::InvalidArgumentError("--concurrency: out of range [1, 64]"));
+  auto reader = FvecsReader::Open(o.file);
+  if (!reader.ok()) return Fail(reader.status());
+  std::unique_ptr<IvecsReader> ids;
+  if (!o.ids_file.empty()) {
+    auto r = IvecsReader::Open(o.ids_file);
+    if (!r.ok()) return Fail(r.status());
+    if ((*r)->dim() != 1 || (*r)->total_rows() != (*reader)->total_rows()) {
+      return Fail(absl::InvalidArgumentError(absl::StrFormat(
+          "%s: expected %d rows of 1 id each, found %d rows of %d", o.ids_file, (*reader)->total_rows(),
+          (*r)->total_rows(), (*r)->dim())));
+    }
+    ids = *std::move(r);
+  }
+  std::unique_ptr<Stub> stub = Connect(router);
+  Progress progress((*reader)->total_rows());
+  const absl::Time start = absl::Now();
+
+  BoundedQueue<std::shared_ptr<v1::UpsertRequest>> queue(static_cast<size_t>(o.concurrency) * 2);
+  std::atomic<int64_t> done{0};
+  absl::Mutex mu;
+  absl::Status first_error;
+  std::vector<std::thread> senders;
+  for (int t = 0; t < o.concurrency; ++t) {
+    senders.emplace_back([&] {
+      std::shared_ptr<v1::UpsertRequest> req;
+      while (queue.Pop(&req)) {
+        v1::UpsertResponse resp;
+        grpc::ClientContext ctx;
+        SetDeadline(&ctx, absl::Minutes(10));
+        grpc::Status s = stub->Upsert(&ctx, *req, &resp);
+        if (!s.ok()) {
+          absl::MutexLock lock(&mu);
+          if (first_error.ok()) first_error = FromGrpc(s);
+          queue.Close();
+          continue;
+        }
+        int64_t now = done.fetch_add(req->records_size()) + req->records_size();
+        absl::MutexLock lock(&mu);
+        progress.Update(now);
+      }
+    });
+  }
+  FloatMatrix chunk;
+  IntMatrix id_chunk;
+  int64_t row = 0;
+  absl::Status read_error;
+  while (true) {
+    if (read_error = (*reader)->Next(o.batch, &chunk); !read_error.ok() || chunk.rows == 0) break;
+    if (ids != nullptr) {
+      if (read_error = ids->Next(chunk.rows, &id_chunk); !read_error.ok()) break;
+    }
+    auto req = std::make_shared<v1::UpsertRequest>();
+    req->set_collection(o.collection);
+    req->mutable_records()->Reserve(static_cast<int>(chunk.rows));
+    for (int64_t i = 0; i < chunk.rows; ++i) {
+      v1::Record* r = req->add_records();
+      int64_t id = ids != nullptr ? id_chunk.data[i] : row + i;
+      if (id < 0) {
+        read_error = absl::InvalidArgumentError(absl::StrFormat("%s: row %d: negative id %d", o.ids_file, row + i, id));
+        break;
+      }
+      r->set_id(static_cast<uint64_t>(id));
+      r->mutable_vector()->Add(chunk.row(i), chunk.row(i) + chunk.dim);
+    }
+    if (!read_error.ok()) break;
+    row += chunk.rows;
+    if (!queue.Push(std::move(req))) break;
+  }
+  queue.Close();
+  for (std::thread& t : senders) t.join();
+  progress.Finish();
+  if (!read_error.ok()) return Fail(read_error);
+  if (!first_error.ok()) return Fail(first_error);
+  const double secs = absl::ToDoubleSeconds(absl::Now() - start);
+  std::printf("ingested %lld vectors into %s in %.2f s (%.0f vectors/s)\n", static_cast<long long>(done.load()),
+              o.collection.c_str(), secs, secs > 0 ? done.load() / secs : 0.0);
+  return 0;
+}
+
+int Search(const std::string& router, const SearchOptions& o) {
+  if (o.batch < 1) return Fail(absl::InvalidArgumentError("--batch: must be at least 1"));
+  absl::StatusOr<FloatMatrix> q = ReadQueries(o.queries_file);
+  if (!q.ok()) return Fail(q.status());
+  std::unique_ptr<Stub> stub = Connect(router);
+  IntMatrix out{q->rows, o.k, std::vector<int32_t>(static_cast<size_t>(q->rows) * std::max(o.k, 0), -1)};
+  for (int64_t begin = 0; begin < q->rows; begin += o.batch) {
+    const int64_t end = std::min<int64_t>(q->rows, begin + o.batch);
+    v1::SearchRequest req = MakeSearch(o.collection, *q, begin, end, o.k, o.nprobe, o.ef_search);
+    v1::SearchResponse resp;
+    grpc::ClientContext ctx;
+    SetDeadline(&ctx, absl::Minutes(5));
+    grpc::Status s = stub->Search(&ctx, req, &resp);
+    if (!s.ok()) return Fail(s);
+    for (int64_t i = begin; i < end; ++i) {
+      const v1::QueryResult& r = resp.results(static_cast<int>(i - begin));
+      if (o.out_file.empty()) {
+        std::vector<std::string> hits;
+        for (int j = 0; j < r.ids_size(); ++j) hits.push_back(absl::StrFormat("%d:%.6g", r.ids(j), r.distances(j)));
+        std::printf("query %lld: %s\n", static_cast<long long>(i), absl::StrJoin(hits, " ").c_str());
+        continue;
+      }
+      for (int j = 0; j < r.ids_size(); ++j) {
+        if (r.ids(j) > static_cast<uint64_t>(INT32_MAX)) {
+          return Fail(absl::OutOfRangeError(absl::StrFormat("id %d does not fit an .ivecs file", r.ids(j))));
+        }
+        out.data[i * o.k + j] = static_cast<int32_t>(r.ids(j));
+      }
+    }
+  }
+  if (!o.out_file.empty()) {
+    if (absl::Status s = WriteIvecs(o.out_file, out); !s.ok()) return Fail(s);
+    std::printf("wrote %lld result rows of k=%d to %s\n", static_cast<long long>(q->rows), o.k, o.out_file.c_str());
+  }
+  return 0;
+}
+
+int Bench(const std::string& router, const BenchOptions& o) {
+  if (o.batch < 1 || o.concurrency < 1) {
+    return Fail(absl::InvalidArgumentError("--batch and --concurrency must be at least 1"));
+  }
+  absl::StatusOr<FloatMatrix> q = ReadQueries(o.queries_file);
+  if (!q.ok()) return Fail(q.status());
+  absl::StatusOr<IntMatrix> gt = ReadIvecs(o.groundtruth_file);
+  if (!gt.ok()) return Fail(gt.status());
+  if (gt->rows != q->rows || gt->dim < o.k) {
+    return Fail(absl::InvalidArgumentError(absl::StrFormat(
+        "%s: expected %d rows of at least k=%d ids, found %d rows of %d", o.groundtruth_file, q->rows, o.k, gt->rows,
+        gt->dim)));
+  }
+  std::unique_ptr<Stub> stub = Connect(router);
+  const int64_t num_batches = (q->rows + o.batch - 1) / o.batch;
+  std::vector<v1::SearchRequest> requests;
+  for (int64_t b = 0; b < num_batches; ++b) {
+    requests.push_back(MakeSearch(o.collection, *q, b * o.batch, std::min<int64_t>(q->rows, (b + 1) * o.batch), o.k,
+                                  o.nprobe, o.ef_search));
+  }
+
+  // Recall over every query once.
+  int64_t hits = 0;
+  for (int64_t b = 0; b < num_batches; ++b) {
+    v1::SearchResponse resp;
+    grpc::ClientContext ctx;
+    SetDeadline(&ctx, absl::Minutes(5));
+    grpc::Status s = stub->Search(&ctx, requests[b], &resp);
+    if (!s.ok()) return Fail(s);
+    for (int i = 0; i < resp.results_size(); ++i) {
+      const int32_t* truth = gt->row(b * o.batch + i);
+      absl::flat_hash_set<int64_t> want(truth, truth + o.k);
+      for (uint64_t id : resp.results(i).ids()) hits += want.contains(static_cast<int64_t>(id));
+    }
+  }
+  const double recall = static_cast<double>(hits) / (static_cast<double>(q->rows) * o.k);
+
+  // Throughput: `concurrency` closed loops over the batches for `seconds` (at least one pass).
+  std::atomic<int64_t> next{0};
+  std::atomic<int64_t> queries_done{0};
+  std::vector<std::vector<double>> latencies(o.concurrency);
+  absl::Mutex mu;
+  absl::Status first_error;
+  const absl::Time start = absl::Now();
+  const absl::Time stop = start + absl::Seconds(o.seconds);
+  std::vector<std::thread> threads;
+  for (int t = 0; t < o.concurrency; ++t) {
+    threads.emplace_back([&, t] {
+      while (true) {
+        int64_t i = next.fetch_add(1);
+        if (i >= num_batches && absl::Now() >= stop) break;
+        const v1::SearchRequest& req = requests[i % num_batches];
+        v1::SearchResponse resp;
+        grpc::ClientContext ctx;
+        SetDeadline(&ctx, absl::Minutes(5));
+        const absl::Time t0 = absl::Now();
+        grpc::Status s = stub->Search(&ctx, req, &resp);
+        latencies[t].push_back(absl::ToDoubleMilliseconds(absl::Now() - t0));
+        if (!s.ok()) {
+          absl::MutexLock lock(&mu);
+          if (first_error.ok()) first_error = FromGrpc(s);
+          break;
+        }
+        queries_done.fetch_add(req.queries_size());
+      }
+    });
+  }
+  for (std::thread& t : threads) t.join();
+  if (!first_error.ok()) return Fail(first_error);
+  const double secs = absl::ToDoubleSeconds(absl::Now() - start);
+  std::vector<double> all;
+  for (const auto& l : latencies) all.insert(all.end(), l.begin(), l.end());
+  std::printf("collection   %s\n", o.collection.c_str());
+  std::printf("queries      %lld (batch %d, concurrency %d, %.2f s)\n", static_cast<long long>(queries_done.load()),
+              o.batch, o.concurrency, secs);
+  std::printf("recall@%-5d %.4f\n", o.k, recall);
+  std::printf("QPS          %.1f\n", queries_done.load() / secs);
+  std::printf("latency ms   p50 %.3f  p99 %.3f  (per request of %d queries)\n", Percentile(all, 50),
+              Percentile(all, 99), o.batch);
+  return 0;
+}
+
+int Status(const std::string& router) {
+  v1::ClusterStatusResponse resp;
+  grpc::ClientContext ctx;
+  SetDeadline(&ctx, absl::Seconds(30));
+  grpc::Status s = Connect(router)->ClusterStatus(&ctx, {}, &resp);
+  if (!s.ok()) return Fail(s);
+  std::printf("router %s, map epoch %llu, %zu shards, %u slots\n", router.c_str(),
+              static_cast<unsigned long long>(resp.map_epoch()), static_cast<size_t>(resp.shards_size()),
+              resp.total_slots());
+  std::printf("%-10s %-22s %-6s %-16s %-6s %s\n", "SHARD", "ADDRESS", "SLOTS", "RANGES", "UP", "RECORDS");
+  for (const v1::ShardStatus& sh : resp.shards()) {
+    std::vector<std::string> ranges, counts;
+    for (const v1::SlotRange& r : sh.slots()) ranges.push_back(absl::StrCat(r.begin(), "-", r.end() - 1));
+    for (const v1::CollectionCount& c : sh.collections()) counts.push_back(absl::StrCat(c.name(), "=", c.num_records()));
+    std::printf("%-10s %-22s %-6u %-16s %-6s %s\n", sh.id().c_str(), sh.address().c_str(), sh.num_slots(),
+                absl::StrJoin(ranges, ",").c_str(), sh.reachable() ? "yes" : "NO",
+                sh.reachable() ? absl::StrJoin(counts, " ").c_str() : sh.error().c_str());
+  }
+  std::printf("collections:\n");
+  for (const v1::CollectionInfo& info : resp.collections()) std::printf("  %s\n", DescribeSpec(info).c_str());
+  return 0;
+}
+
+}  // namespace shardvec::cli

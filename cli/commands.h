@@ -1,0 +1,71 @@
+// The shardvec command line's client commands. Each returns the process exit code and
+// prints a one-line "error: CODE: message" on failure.
+#ifndef SHARDVEC_CLI_COMMANDS_H_
+#define SHARDVEC_CLI_COMMANDS_H_
+
+#include <cstdint>
+#include <string>
+
+namespace shardvec::cli {
+
+struct CreateOptions {
+  std::string name;
+  int dim = 0;
+  std::string metric = "l2";
+  std::string index = "Flat";
+  std::string device = "cpu";
+};
+
+struct IngestOptions {
+  std::string collection;
+  std::string file;
+  std::string ids_file;  // .ivecs with one id per row; empty: ids are row numbers
+  int batch = 8192;
+  int concurrency = 4;
+};
+
+struct SearchOptions {
+  std::string collection;
+  std::string queries_file;
+  int k = 10;
+  int nprobe = 0;
+  int ef_search = 0;
+  int batch = 256;
+  std::string out_file;  // .ivecs; empty prints results
+};
+
+struct BenchOptions {
+  std::string collection;
+  std::string queries_file;
+  std::string groundtruth_file;
+  int k = 10;
+  int nprobe = 0;
+  int ef_search = 0;
+  int batch = 1;
+  int concurrency = 1;
+  double seconds = 5;
+};
+
+struct GenOptions {
+  int64_t rows = 10000;
+  int dim = 64;
+  int clusters = 100;
+  uint32_t seed = 1;
+  std::string out_file;
+};
+
+// Writes clustered Gaussian vectors (cluster centres plus noise) as .fvecs.
+int Generate(const GenOptions& options);
+
+int CreateCollection(const std::string& router, const CreateOptions& options);
+int ListCollections(const std::string& router);
+int DescribeCollection(const std::string& router, const std::string& name);
+int DropCollection(const std::string& router, const std::string& name);
+int Ingest(const std::string& router, const IngestOptions& options);
+int Search(const std::string& router, const SearchOptions& options);
+int Bench(const std::string& router, const BenchOptions& options);
+int Status(const std::string& router);
+
+}  // namespace shardvec::cli
+
+#endif  // SHARDVEC_CLI_COMMANDS_H_

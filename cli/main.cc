@@ -1,0 +1,133 @@
+// shardvec: the command-line client and local launcher. See README.md for usage.
+#include <cstdio>
+#include <string>
+#include <vector>
+
+#include "CLI/CLI.hpp"
+#include "cli/commands.h"
+#include "cli/local_up.h"
+#include "common/server_util.h"
+#include "router/router_server.h"
+#include "shard/shard_server.h"
+
+int main(int argc, char** argv) {
+  // Before any thread starts, so that servers can wait for these signals.
+  shardvec::BlockTerminationSignals();
+
+  CLI::App app{"shardvec: sharded vector search for retrieval-augmented generation"};
+  app.require_subcommand(1);
+  std::string router = "127.0.0.1:7000";
+  app.add_option("--router", router, "Router address HOST:PORT")->capture_default_str();
+
+  // local up
+  shardvec::cli::LocalUpOptions up;
+  CLI::App* local = app.add_subcommand("local", "Run a whole cluster on this machine");
+  local->require_subcommand(1);
+  CLI::App* local_up = local->add_subcommand("up", "Start a router and N shards on 127.0.0.1 until SIGINT/SIGTERM");
+  local_up->add_option("--shards", up.shards, "Number of shards")->capture_default_str();
+  local_up->add_option("--port", up.port, "Router port; shards use the following ports")->capture_default_str();
+  local_up->add_option("--shard-base-port", up.shard_base_port, "First shard port (default: --port + 1)");
+  local_up->add_option("--data-dir", up.data_dir, "Cluster data directory (default: a new temporary one)");
+
+  // shard serve / router serve
+  shardvec::shard::ShardServerOptions shard_opts;
+  CLI::App* shard = app.add_subcommand("shard", "Shard server");
+  shard->require_subcommand(1);
+  CLI::App* shard_serve = shard->add_subcommand("serve", "Run one shard server in the foreground");
+  shard_serve->add_option("--host", shard_opts.host, "Listen address")->capture_default_str();
+  shard_serve->add_option("--port", shard_opts.port, "Listen port (0: any free port)")->capture_default_str();
+  shard_serve->add_option("--data-dir", shard_opts.data_dir, "Shard data directory");
+
+  shardvec::router::RouterServerOptions router_opts;
+  CLI::App* router_cmd = app.add_subcommand("router", "Router server");
+  router_cmd->require_subcommand(1);
+  CLI::App* router_serve = router_cmd->add_subcommand("serve", "Run the router in the foreground");
+  router_serve->add_option("--host", router_opts.host, "Listen address")->capture_default_str();
+  router_serve->add_option("--port", router_opts.port, "Listen port (0: any free port)")->capture_default_str();
+  router_serve->add_option("--data-dir", router_opts.data_dir, "Where the cluster map is kept");
+  router_serve->add_option("--shards", router_opts.shards, "Shard addresses for a new cluster")->delimiter(',');
+
+  // collection
+  shardvec::cli::CreateOptions create;
+  std::string collection_name;
+  CLI::App* collection = app.add_subcommand("collection", "Create, list, describe and drop collections");
+  collection->require_subcommand(1);
+  CLI::App* create_cmd = collection->add_subcommand("create", "Create a collection");
+  create_cmd->add_option("name", create.name, "Collection name")->required();
+  create_cmd->add_option("--dim", create.dim, "Vector dimension")->required();
+  create_cmd->add_option("--metric", create.metric, "l2, ip or cosine")->capture_default_str();
+  create_cmd->add_option("--index", create.index, "FAISS factory string, e.g. Flat, IVF1024,Flat, HNSW32")
+      ->capture_default_str();
+  create_cmd->add_option("--device", create.device, "cpu or gpu")->capture_default_str();
+  CLI::App* list_cmd = collection->add_subcommand("list", "List collections");
+  CLI::App* describe_cmd = collection->add_subcommand("describe", "Describe a collection");
+  describe_cmd->add_option("name", collection_name, "Collection name")->required();
+  CLI::App* drop_cmd = collection->add_subcommand("drop", "Drop a collection and its records");
+  drop_cmd->add_option("name", collection_name, "Collection name")->required();
+
+  // ingest
+  shardvec::cli::IngestOptions ingest;
+  CLI::App* ingest_cmd = app.add_subcommand("ingest", "Load vectors from a .fvecs file");
+  ingest_cmd->add_option("name", ingest.collection, "Collection name")->required();
+  ingest_cmd->add_option("file", ingest.file, ".fvecs file")->required();
+  ingest_cmd->add_option("--ids", ingest.ids_file, ".ivecs file of ids, one per row (default: row numbers)");
+  ingest_cmd->add_option("--batch", ingest.batch, "Records per request")->capture_default_str();
+  ingest_cmd->add_option("--concurrency", ingest.concurrency, "Requests in flight")->capture_default_str();
+
+  // search
+  shardvec::cli::SearchOptions search;
+  CLI::App* search_cmd = app.add_subcommand("search", "k-NN search for the queries in a .fvecs file");
+  search_cmd->add_option("name", search.collection, "Collection name")->required();
+  search_cmd->add_option("--queries", search.queries_file, ".fvecs file of queries")->required();
+  search_cmd->add_option("--k", search.k, "Neighbours per query")->capture_default_str();
+  search_cmd->add_option("--nprobe", search.nprobe, "IVF lists to visit");
+  search_cmd->add_option("--ef-search", search.ef_search, "HNSW candidate list size");
+  search_cmd->add_option("--batch", search.batch, "Queries per request")->capture_default_str();
+  search_cmd->add_option("--out", search.out_file, "Write ids as .ivecs rows instead of printing");
+
+  // bench
+  shardvec::cli::BenchOptions bench;
+  CLI::App* bench_cmd = app.add_subcommand("bench", "Recall, QPS and latency against ground truth");
+  bench_cmd->add_option("name", bench.collection, "Collection name")->required();
+  bench_cmd->add_option("--queries", bench.queries_file, ".fvecs file of queries")->required();
+  bench_cmd->add_option("--groundtruth", bench.groundtruth_file, ".ivecs of true neighbour ids")->required();
+  bench_cmd->add_option("--k", bench.k, "Neighbours per query")->capture_default_str();
+  bench_cmd->add_option("--nprobe", bench.nprobe, "IVF lists to visit");
+  bench_cmd->add_option("--ef-search", bench.ef_search, "HNSW candidate list size");
+  bench_cmd->add_option("--batch", bench.batch, "Queries per request")->capture_default_str();
+  bench_cmd->add_option("--concurrency", bench.concurrency, "Requests in flight")->capture_default_str();
+  bench_cmd->add_option("--seconds", bench.seconds, "Minimum duration of the throughput run")->capture_default_str();
+
+  shardvec::cli::GenOptions gen;
+  CLI::App* gen_cmd = app.add_subcommand("gen", "Write sample vectors (clustered Gaussian) to a .fvecs file");
+  gen_cmd->add_option("out", gen.out_file, "Output .fvecs file")->required();
+  gen_cmd->add_option("--rows", gen.rows, "Number of vectors")->capture_default_str();
+  gen_cmd->add_option("--dim", gen.dim, "Dimension")->capture_default_str();
+  gen_cmd->add_option("--clusters", gen.clusters, "Number of clusters")->capture_default_str();
+  gen_cmd->add_option("--seed", gen.seed, "Random seed")->capture_default_str();
+
+  CLI::App* status_cmd = app.add_subcommand("status", "Shards, slots and record counts");
+
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    if (e.get_exit_code() == 0) return app.exit(e);
+    std::fprintf(stderr, "error: %s (see --help)\n", e.what());
+    return 2;
+  }
+
+  using namespace shardvec::cli;
+  if (local_up->parsed()) return LocalUp(up);
+  if (shard_serve->parsed()) return shardvec::shard::RunShardServer(shard_opts);
+  if (router_serve->parsed()) return shardvec::router::RunRouterServer(router_opts);
+  if (create_cmd->parsed()) return CreateCollection(router, create);
+  if (list_cmd->parsed()) return ListCollections(router);
+  if (describe_cmd->parsed()) return DescribeCollection(router, collection_name);
+  if (drop_cmd->parsed()) return DropCollection(router, collection_name);
+  if (ingest_cmd->parsed()) return Ingest(router, ingest);
+  if (search_cmd->parsed()) return Search(router, search);
+  if (bench_cmd->parsed()) return Bench(router, bench);
+  if (gen_cmd->parsed()) return Generate(gen);
+  if (status_cmd->parsed()) return Status(router);
+  return 2;
+}

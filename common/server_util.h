@@ -1,0 +1,28 @@
+// Small helpers every server binary of the project shares: termination signals and
+// the gRPC options that all servers and channels use.
+#ifndef SHARDVEC_COMMON_SERVER_UTIL_H_
+#define SHARDVEC_COMMON_SERVER_UTIL_H_
+
+#include <memory>
+#include <string>
+
+#include "grpcpp/grpcpp.h"
+
+namespace shardvec {
+
+// Blocks SIGINT and SIGTERM in the calling thread and every thread it creates later;
+// call first thing in main(), before any thread starts.
+void BlockTerminationSignals();
+
+// Waits until SIGINT or SIGTERM arrives (they must be blocked); returns its number.
+int WaitForTerminationSignal();
+
+// Server builder with the project's message size limits.
+void ConfigureServerBuilder(grpc::ServerBuilder* builder);
+
+// An insecure channel to host:port with the project's message size limits.
+std::shared_ptr<grpc::Channel> MakeChannel(const std::string& address);
+
+}  // namespace shardvec
+
+#endif  // SHARDVEC_COMMON_SERVER_UTIL_H_

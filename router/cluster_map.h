@@ -1,0 +1,32 @@
+// The cluster map: which shard owns which hash slots, and which collections exist.
+// Persisted as protobuf text (proto/cluster.proto) with an atomic write, so a crash
+// leaves either the old or the new map on disk, never a torn one.
+#ifndef SHARDVEC_ROUTER_CLUSTER_MAP_H_
+#define SHARDVEC_ROUTER_CLUSTER_MAP_H_
+
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "proto/cluster.pb.h"
+
+namespace shardvec::router {
+
+// A new map with the shards in the given order, named shard-0.. and owning equal,
+// contiguous slot ranges.
+cluster::ClusterMap InitialMap(const std::vector<std::string>& addresses);
+
+// Every slot owned by exactly one shard, unique ids and addresses.
+absl::Status ValidateMap(const cluster::ClusterMap& map);
+
+// slot -> index into map.shards(); the map must be valid.
+std::vector<int> SlotOwners(const cluster::ClusterMap& map);
+
+absl::StatusOr<cluster::ClusterMap> LoadMap(const std::string& path);
+
+// Writes path.tmp, fsyncs it, renames it over path and fsyncs the directory.
+absl::Status SaveMap(const std::string& path, const cluster::ClusterMap& map);
+
+}  // namespace shardvec::router
+
+#endif  // SHARDVEC_ROUTER_CLUSTER_MAP_H_

@@ -1,0 +1,408 @@
+#include "router/router_service.h"
+
+#include <algorithm>
+#include <numeric>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "common/log.h"
+#include "common/server_util.h"
+#include "common/slot.h"
+#include "common/status.h"
+#include "common/validate.h"
+#include "router/cluster_map.h"
+#include "router/fan_out.h"
+#include "router/merge.h"
+
+namespace shardvec::router {
+namespace {
+
+using Callback = std::function<void(grpc::Status)>;
+
+absl::Time Deadline(const grpc::ServerContext* ctx, uint32_t timeout_ms, absl::Duration fallback) {
+  absl::Time own = absl::Now() + (timeout_ms > 0 ? absl::Milliseconds(timeout_ms) : fallback);
+  if (ctx->deadline() == std::chrono::system_clock::time_point::max()) return own;
+  return std::min(own, absl::FromChrono(ctx->deadline()));
+}
+
+// A shard's failure as the router reports it. Request errors (a bad index spec, say)
+// keep the shard's message, which already names the field; others name the shard.
+absl::Status ShardError(const ShardConn& shard, const grpc::Status& s) {
+  absl::Status as = FromGrpc(s);
+  if (as.code() == absl::StatusCode::kInvalidArgument) return as;
+  return absl::Status(as.code(), absl::StrCat("shard ", shard.id, " (", shard.address, "): ", as.message()));
+}
+
+std::vector<int> AllShards(const Topology& topo) {
+  std::vector<int> all(topo.shards.size());
+  std::iota(all.begin(), all.end(), 0);
+  return all;
+}
+
+// The first failed reply as a status, or OK.
+template <typename Resp>
+absl::Status FirstError(const Topology& topo, const std::vector<ShardReply<Resp>>& replies) {
+  for (const auto& r : replies) {
+    if (!r.status.ok()) return ShardError(topo.shards[r.shard], r.status);
+  }
+  return absl::OkStatus();
+}
+
+// Shards that own at least one of `ids`, and per shard the positions of its ids.
+std::vector<std::vector<int>> GroupBySlotOwner(const Topology& topo,
+                                               const google::protobuf::RepeatedField<uint64_t>& ids) {
+  std::vector<std::vector<int>> groups(topo.shards.size());
+  for (int i = 0; i < ids.size(); ++i) groups[topo.slot_owner[SlotOf(ids[i])]].push_back(i);
+  return groups;
+}
+
+std::vector<int> NonEmpty(const std::vector<std::vector<int>>& groups) {
+  std::vector<int> targets;
+  for (int s = 0; s < static_cast<int>(groups.size()); ++s) {
+    if (!groups[s].empty()) targets.push_back(s);
+  }
+  return targets;
+}
+
+}  // namespace
+
+RouterService::RouterService(cluster::ClusterMap map, RouterOptions options) : options_(std::move(options)) {
+  absl::MutexLock admin(&admin_mu_);
+  auto topo = BuildTopology(std::move(map));
+  absl::MutexLock lock(&mu_);
+  topology_ = std::move(topo);
+}
+
+std::shared_ptr<const Topology> RouterService::BuildTopology(cluster::ClusterMap map) {
+  auto topo = std::make_shared<Topology>();
+  topo->map = std::move(map);
+  for (const cluster::ShardEntry& e : topo->map.shards()) {
+    auto& stub = stubs_[e.address()];
+    if (stub == nullptr) stub = shardrpc::Shard::NewStub(MakeChannel(e.address()));
+    topo->shards.push_back({e.id(), e.address(), stub});
+  }
+  topo->slot_owner = SlotOwners(topo->map);
+  for (const v1::CollectionSpec& c : topo->map.collections()) topo->collections[c.name()] = c;
+  return topo;
+}
+
+std::shared_ptr<const Topology> RouterService::Snapshot() const {
+  absl::MutexLock lock(&mu_);
+  return topology_;
+}
+
+absl::Status RouterService::Publish(cluster::ClusterMap map) {
+  map.set_epoch(map.epoch() + 1);
+  if (absl::Status s = ValidateMap(map); !s.ok()) return s;
+  if (!options_.map_path.empty()) {
+    if (absl::Status s = SaveMap(options_.map_path, map); !s.ok()) return s;
+  }
+  auto topo = BuildTopology(std::move(map));
+  absl::MutexLock lock(&mu_);
+  topology_ = std::move(topo);
+  return absl::OkStatus();
+}
+
+absl::StatusOr<v1::CollectionSpec> RouterService::FindCollection(const Topology& topo,
+                                                                const std::string& name) const {
+  auto it = topo.collections.find(name);
+  if (it == topo.collections.end()) {
+    return absl::NotFoundError(absl::StrCat("collection: '", name, "' does not exist"));
+  }
+  return it->second;
+}
+
+absl::Status RouterService::SyncCollectionsToShards() {
+  auto topo = Snapshot();
+  absl::Status result;
+  for (const v1::CollectionSpec& spec : topo->map.collections()) {
+    v1::CreateCollectionRequest req;
+    *req.mutable_spec() = spec;
+    auto replies = FanOut<v1::CreateCollectionResponse>(
+        AllShards(*topo), absl::Now() + options_.write_timeout,
+        [&](int s, grpc::ClientContext* c, v1::CreateCollectionResponse* r, Callback done) {
+          topo->shards[s].stub->async()->CreateCollection(c, &req, r, std::move(done));
+        });
+    if (absl::Status s = FirstError(*topo, replies); !s.ok() && result.ok()) result = s;
+  }
+  return result;
+}
+
+grpc::Status RouterService::CreateCollection(grpc::ServerContext* ctx, const v1::CreateCollectionRequest* req,
+                                             v1::CreateCollectionResponse* resp) {
+  v1::CreateCollectionRequest normalized = *req;
+  SHARDVEC_RETURN_IF_ERROR_GRPC(NormalizeCollectionSpec(normalized.mutable_spec()));
+  const v1::CollectionSpec& spec = normalized.spec();
+  absl::MutexLock admin(&admin_mu_);
+  auto topo = Snapshot();
+  if (topo->collections.contains(spec.name())) {
+    return ToGrpc(absl::AlreadyExistsError(absl::StrCat("name: collection '", spec.name(), "' already exists")));
+  }
+  const absl::Time deadline = Deadline(ctx, 0, options_.write_timeout);
+  auto replies = FanOut<v1::CreateCollectionResponse>(
+      AllShards(*topo), deadline,
+      [&](int s, grpc::ClientContext* c, v1::CreateCollectionResponse* r, Callback done) {
+        topo->shards[s].stub->async()->CreateCollection(c, &normalized, r, std::move(done));
+      });
+  absl::Status status = FirstError(*topo, replies);
+  if (status.ok()) {
+    cluster::ClusterMap map = topo->map;
+    *map.add_collections() = spec;
+    status = Publish(std::move(map));
+  }
+  if (!status.ok()) {
+    // Undo on the shards that created it, so a retry starts clean.
+    v1::DropCollectionRequest drop;
+    drop.set_name(spec.name());
+    std::vector<int> created;
+    for (const auto& r : replies) {
+      if (r.status.ok()) created.push_back(r.shard);
+    }
+    FanOut<v1::DropCollectionResponse>(
+        created, deadline, [&](int s, grpc::ClientContext* c, v1::DropCollectionResponse* r, Callback done) {
+          topo->shards[s].stub->async()->DropCollection(c, &drop, r, std::move(done));
+        });
+    return ToGrpc(status);
+  }
+  *resp->mutable_collection()->mutable_spec() = spec;
+  LogInfo("created collection %s (dim %d, %s)", spec.name(), spec.dim(), spec.index_spec());
+  return grpc::Status::OK;
+}
+
+grpc::Status RouterService::DropCollection(grpc::ServerContext* ctx, const v1::DropCollectionRequest* req,
+                                           v1::DropCollectionResponse*) {
+  absl::MutexLock admin(&admin_mu_);
+  auto topo = Snapshot();
+  if (!topo->collections.contains(req->name())) {
+    return ToGrpc(absl::NotFoundError(absl::StrCat("name: collection '", req->name(), "' does not exist")));
+  }
+  auto replies = FanOut<v1::DropCollectionResponse>(
+      AllShards(*topo), Deadline(ctx, 0, options_.write_timeout),
+      [&](int s, grpc::ClientContext* c, v1::DropCollectionResponse* r, Callback done) {
+        topo->shards[s].stub->async()->DropCollection(c, req, r, std::move(done));
+      });
+  for (const auto& r : replies) {
+    // A shard that never had it (restarted empty) is fine; an unreachable one is not,
+    // or it would keep stale records under the name.
+    if (!r.status.ok() && r.status.error_code() != grpc::StatusCode::NOT_FOUND) {
+      return ToGrpc(ShardError(topo->shards[r.shard], r.status));
+    }
+  }
+  cluster::ClusterMap map = topo->map;
+  auto* collections = map.mutable_collections();
+  collections->erase(std::remove_if(collections->begin(), collections->end(),
+                                    [&](const v1::CollectionSpec& c) { return c.name() == req->name(); }),
+                     collections->end());
+  SHARDVEC_RETURN_IF_ERROR_GRPC(Publish(std::move(map)));
+  LogInfo("dropped collection %s", req->name());
+  return grpc::Status::OK;
+}
+
+absl::flat_hash_map<std::string, uint64_t> RouterService::CountRecords(const Topology& topo) const {
+  shardrpc::StatsRequest req;
+  auto replies = FanOut<shardrpc::StatsResponse>(
+      AllShards(topo), absl::Now() + options_.read_timeout,
+      [&](int s, grpc::ClientContext* c, shardrpc::StatsResponse* r, Callback done) {
+        topo.shards[s].stub->async()->Stats(c, &req, r, std::move(done));
+      });
+  absl::flat_hash_map<std::string, uint64_t> counts;
+  for (const auto& r : replies) {
+    for (const auto& c : r.response.collections()) counts[c.spec().name()] += c.num_records();
+  }
+  return counts;
+}
+
+grpc::Status RouterService::ListCollections(grpc::ServerContext*, const v1::ListCollectionsRequest*,
+                                            v1::ListCollectionsResponse* resp) {
+  auto topo = Snapshot();
+  auto counts = CountRecords(*topo);
+  for (const v1::CollectionSpec& spec : topo->map.collections()) {
+    v1::CollectionInfo* info = resp->add_collections();
+    *info->mutable_spec() = spec;
+    info->set_num_records(counts[spec.name()]);
+  }
+  return grpc::Status::OK;
+}
+
+grpc::Status RouterService::DescribeCollection(grpc::ServerContext*, const v1::DescribeCollectionRequest* req,
+                                               v1::DescribeCollectionResponse* resp) {
+  auto topo = Snapshot();
+  absl::StatusOr<v1::CollectionSpec> spec = FindCollection(*topo, req->name());
+  if (!spec.ok()) return ToGrpc(spec.status());
+  *resp->mutable_collection()->mutable_spec() = *spec;
+  resp->mutable_collection()->set_num_records(CountRecords(*topo)[req->name()]);
+  return grpc::Status::OK;
+}
+
+grpc::Status RouterService::Upsert(grpc::ServerContext* ctx, const v1::UpsertRequest* req,
+                                   v1::UpsertResponse* resp) {
+  auto topo = Snapshot();
+  absl::StatusOr<v1::CollectionSpec> spec = FindCollection(*topo, req->collection());
+  if (!spec.ok()) return ToGrpc(spec.status());
+  SHARDVEC_RETURN_IF_ERROR_GRPC(ValidateUpsert(*spec, *req));
+
+  std::vector<v1::UpsertRequest> parts(topo->shards.size());
+  for (const v1::Record& r : req->records()) *parts[topo->slot_owner[SlotOf(r.id())]].add_records() = r;
+  std::vector<int> targets;
+  for (int s = 0; s < static_cast<int>(parts.size()); ++s) {
+    if (parts[s].records_size() > 0) {
+      parts[s].set_collection(req->collection());
+      targets.push_back(s);
+    }
+  }
+  auto replies = FanOut<v1::UpsertResponse>(
+      targets, Deadline(ctx, 0, options_.write_timeout),
+      [&](int s, grpc::ClientContext* c, v1::UpsertResponse* r, Callback done) {
+        topo->shards[s].stub->async()->Upsert(c, &parts[s], r, std::move(done));
+      });
+  // Shards apply their part atomically; a failed shard leaves the others' parts
+  // applied, and an upsert is idempotent, so the client retries the whole batch.
+  SHARDVEC_RETURN_IF_ERROR_GRPC(FirstError(*topo, replies));
+  resp->set_upserted(req->records_size());
+  return grpc::Status::OK;
+}
+
+grpc::Status RouterService::Delete(grpc::ServerContext* ctx, const v1::DeleteRequest* req,
+                                   v1::DeleteResponse* resp) {
+  auto topo = Snapshot();
+  absl::StatusOr<v1::CollectionSpec> spec = FindCollection(*topo, req->collection());
+  if (!spec.ok()) return ToGrpc(spec.status());
+  SHARDVEC_RETURN_IF_ERROR_GRPC(ValidateIds("ids", req->ids()));
+  auto groups = GroupBySlotOwner(*topo, req->ids());
+  std::vector<v1::DeleteRequest> parts(topo->shards.size());
+  for (int s = 0; s < static_cast<int>(groups.size()); ++s) {
+    parts[s].set_collection(req->collection());
+    for (int i : groups[s]) parts[s].add_ids(req->ids(i));
+  }
+  auto replies = FanOut<v1::DeleteResponse>(
+      NonEmpty(groups), Deadline(ctx, 0, options_.write_timeout),
+      [&](int s, grpc::ClientContext* c, v1::DeleteResponse* r, Callback done) {
+        topo->shards[s].stub->async()->Delete(c, &parts[s], r, std::move(done));
+      });
+  SHARDVEC_RETURN_IF_ERROR_GRPC(FirstError(*topo, replies));
+  uint64_t deleted = 0;
+  for (const auto& r : replies) deleted += r.response.deleted();
+  resp->set_deleted(deleted);
+  return grpc::Status::OK;
+}
+
+grpc::Status RouterService::Get(grpc::ServerContext* ctx, const v1::GetRequest* req, v1::GetResponse* resp) {
+  auto topo = Snapshot();
+  absl::StatusOr<v1::CollectionSpec> spec = FindCollection(*topo, req->collection());
+  if (!spec.ok()) return ToGrpc(spec.status());
+  SHARDVEC_RETURN_IF_ERROR_GRPC(ValidateIds("ids", req->ids()));
+  auto groups = GroupBySlotOwner(*topo, req->ids());
+  std::vector<v1::GetRequest> parts(topo->shards.size());
+  for (int s = 0; s < static_cast<int>(groups.size()); ++s) {
+    parts[s] = *req;
+    parts[s].clear_ids();
+    for (int i : groups[s]) parts[s].add_ids(req->ids(i));
+  }
+  auto replies = FanOut<v1::GetResponse>(
+      NonEmpty(groups), Deadline(ctx, 0, options_.read_timeout),
+      [&](int s, grpc::ClientContext* c, v1::GetResponse* r, Callback done) {
+        topo->shards[s].stub->async()->Get(c, &parts[s], r, std::move(done));
+      });
+  SHARDVEC_RETURN_IF_ERROR_GRPC(FirstError(*topo, replies));
+  absl::flat_hash_map<uint64_t, v1::Record*> found;
+  for (auto& r : replies) {
+    for (v1::Record& rec : *r.response.mutable_records()) found[rec.id()] = &rec;
+  }
+  for (uint64_t id : req->ids()) {
+    auto it = found.find(id);
+    if (it == found.end()) {
+      resp->add_missing_ids(id);
+    } else {
+      *resp->add_records() = *it->second;
+    }
+  }
+  return grpc::Status::OK;
+}
+
+grpc::Status RouterService::Search(grpc::ServerContext* ctx, const v1::SearchRequest* req,
+                                   v1::SearchResponse* resp) {
+  auto topo = Snapshot();
+  absl::StatusOr<v1::CollectionSpec> spec = FindCollection(*topo, req->collection());
+  if (!spec.ok()) return ToGrpc(spec.status());
+  SHARDVEC_RETURN_IF_ERROR_GRPC(ValidateSearch(*spec, *req));
+  auto replies = FanOut<v1::SearchResponse>(
+      AllShards(*topo), Deadline(ctx, req->timeout_ms(), options_.read_timeout),
+      [&](int s, grpc::ClientContext* c, v1::SearchResponse* r, Callback done) {
+        topo->shards[s].stub->async()->Search(c, req, r, std::move(done));
+      });
+
+  v1::Coverage* coverage = resp->mutable_coverage();
+  coverage->set_shards_total(static_cast<uint32_t>(replies.size()));
+  std::vector<const v1::SearchResponse*> answered;
+  absl::Status first_error;
+  for (const auto& r : replies) {
+    const ShardConn& shard = topo->shards[r.shard];
+    v1::ShardOutcome* outcome = coverage->add_shards();
+    outcome->set_shard_id(shard.id);
+    outcome->set_address(shard.address);
+    grpc::Status status = r.status;
+    if (status.ok() && r.response.results_size() != req->queries_size()) {
+      status = grpc::Status(grpc::StatusCode::INTERNAL, "shard returned a wrong number of results");
+    }
+    if (status.ok()) {
+      outcome->set_ok(true);
+      answered.push_back(&r.response);
+      continue;
+    }
+    absl::Status error = ShardError(shard, status);
+    outcome->set_error(error.ToString());
+    if (first_error.ok()) first_error = error;
+  }
+  coverage->set_shards_answered(static_cast<uint32_t>(answered.size()));
+  if (!first_error.ok() && (!req->allow_partial_results() || answered.empty())) return ToGrpc(first_error);
+
+  const bool larger_is_better = spec->metric() != v1::L2;
+  std::vector<const v1::QueryResult*> lists(answered.size());
+  for (int q = 0; q < req->queries_size(); ++q) {
+    for (size_t a = 0; a < answered.size(); ++a) lists[a] = &answered[a]->results(q);
+    MergeTopK(lists, req->k(), larger_is_better, resp->add_results());
+  }
+  return grpc::Status::OK;
+}
+
+grpc::Status RouterService::ClusterStatus(grpc::ServerContext*, const v1::ClusterStatusRequest*,
+                                          v1::ClusterStatusResponse* resp) {
+  auto topo = Snapshot();
+  shardrpc::StatsRequest req;
+  auto replies = FanOut<shardrpc::StatsResponse>(
+      AllShards(*topo), absl::Now() + absl::Seconds(5),
+      [&](int s, grpc::ClientContext* c, shardrpc::StatsResponse* r, Callback done) {
+        topo->shards[s].stub->async()->Stats(c, &req, r, std::move(done));
+      });
+  absl::flat_hash_map<std::string, uint64_t> totals;
+  for (const auto& r : replies) {
+    const cluster::ShardEntry& entry = topo->map.shards(r.shard);
+    v1::ShardStatus* st = resp->add_shards();
+    st->set_id(entry.id());
+    st->set_address(entry.address());
+    uint32_t num_slots = 0;
+    for (const v1::SlotRange& range : entry.slots()) {
+      *st->add_slots() = range;
+      num_slots += range.end() - range.begin();
+    }
+    st->set_num_slots(num_slots);
+    st->set_reachable(r.status.ok());
+    if (!r.status.ok()) st->set_error(Describe(r.status));
+    for (const auto& c : r.response.collections()) {
+      v1::CollectionCount* count = st->add_collections();
+      count->set_name(c.spec().name());
+      count->set_num_records(c.num_records());
+      totals[c.spec().name()] += c.num_records();
+    }
+  }
+  for (const v1::CollectionSpec& spec : topo->map.collections()) {
+    v1::CollectionInfo* info = resp->add_collections();
+    *info->mutable_spec() = spec;
+    info->set_num_records(totals[spec.name()]);
+  }
+  resp->set_total_slots(kNumSlots);
+  resp->set_map_epoch(topo->map.epoch());
+  return grpc::Status::OK;
+}
+
+}  // namespace shardvec::router

@@ -1,0 +1,90 @@
+// The public API (proto/shardvec.proto) in front of the shards. Owned by the router
+// server. Thread-safe: each call works on an immutable Topology snapshot (map, shard
+// stubs, slot owners) taken under a short lock; admin calls that change the map are
+// serialised by admin_mu_ and publish a new snapshot after persisting the map.
+#ifndef SHARDVEC_ROUTER_ROUTER_SERVICE_H_
+#define SHARDVEC_ROUTER_ROUTER_SERVICE_H_
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/container/flat_hash_map.h"
+#include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
+#include "proto/cluster.pb.h"
+#include "proto/shard.grpc.pb.h"
+#include "proto/shardvec.grpc.pb.h"
+
+namespace shardvec::router {
+
+struct RouterOptions {
+  // Where the cluster map is persisted; empty keeps it in memory only.
+  std::string map_path;
+  // Per-shard deadline for searches and reads when the request sets none.
+  absl::Duration read_timeout = absl::Seconds(30);
+  // Per-shard deadline for writes and admin calls (IVF training can be slow).
+  absl::Duration write_timeout = absl::Minutes(10);
+};
+
+struct ShardConn {
+  std::string id;
+  std::string address;
+  std::shared_ptr<shardrpc::Shard::Stub> stub;
+};
+
+struct Topology {
+  cluster::ClusterMap map;
+  std::vector<ShardConn> shards;
+  std::vector<int> slot_owner;  // slot -> index into shards
+  absl::flat_hash_map<std::string, v1::CollectionSpec> collections;
+};
+
+class RouterService final : public v1::ShardVec::Service {
+ public:
+  // `map` must be valid (ValidateMap).
+  RouterService(cluster::ClusterMap map, RouterOptions options);
+
+  // Makes sure every shard has every collection of the map (shards are idempotent
+  // about it); shards that do not answer are skipped and reported.
+  absl::Status SyncCollectionsToShards();
+
+  grpc::Status CreateCollection(grpc::ServerContext* ctx, const v1::CreateCollectionRequest* req,
+                                v1::CreateCollectionResponse* resp) override;
+  grpc::Status DropCollection(grpc::ServerContext* ctx, const v1::DropCollectionRequest* req,
+                              v1::DropCollectionResponse* resp) override;
+  grpc::Status ListCollections(grpc::ServerContext* ctx, const v1::ListCollectionsRequest* req,
+                               v1::ListCollectionsResponse* resp) override;
+  grpc::Status DescribeCollection(grpc::ServerContext* ctx, const v1::DescribeCollectionRequest* req,
+                                  v1::DescribeCollectionResponse* resp) override;
+  grpc::Status Upsert(grpc::ServerContext* ctx, const v1::UpsertRequest* req,
+                      v1::UpsertResponse* resp) override;
+  grpc::Status Delete(grpc::ServerContext* ctx, const v1::DeleteRequest* req,
+                      v1::DeleteResponse* resp) override;
+  grpc::Status Get(grpc::ServerContext* ctx, const v1::GetRequest* req, v1::GetResponse* resp) override;
+  grpc::Status Search(grpc::ServerContext* ctx, const v1::SearchRequest* req,
+                      v1::SearchResponse* resp) override;
+  grpc::Status ClusterStatus(grpc::ServerContext* ctx, const v1::ClusterStatusRequest* req,
+                             v1::ClusterStatusResponse* resp) override;
+
+ private:
+  std::shared_ptr<const Topology> Snapshot() const;
+  std::shared_ptr<const Topology> BuildTopology(cluster::ClusterMap map) ABSL_EXCLUSIVE_LOCKS_REQUIRED(admin_mu_);
+  // Persists `map` and publishes it; caller holds admin_mu_.
+  absl::Status Publish(cluster::ClusterMap map) ABSL_EXCLUSIVE_LOCKS_REQUIRED(admin_mu_);
+  absl::StatusOr<v1::CollectionSpec> FindCollection(const Topology& topo, const std::string& name) const;
+  // Record counts per collection per shard; unreachable shards are left out.
+  absl::flat_hash_map<std::string, uint64_t> CountRecords(const Topology& topo) const;
+
+  const RouterOptions options_;
+  absl::Mutex admin_mu_;
+  mutable absl::Mutex mu_;
+  std::shared_ptr<const Topology> topology_ ABSL_GUARDED_BY(mu_);
+  // Stubs by address, reused across map changes.
+  absl::flat_hash_map<std::string, std::shared_ptr<shardrpc::Shard::Stub>> stubs_ ABSL_GUARDED_BY(admin_mu_);
+};
+
+}  // namespace shardvec::router
+
+#endif  // SHARDVEC_ROUTER_ROUTER_SERVICE_H_

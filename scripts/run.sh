@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Installs what is missing, builds, and runs the embedded default: a local cluster
+# (router + 3 shards on 127.0.0.1), a sample collection, and a query against it.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+./scripts/install_deps.sh
+bazel build -c opt //cli:shardvec
+bin=bazel-bin/cli/shardvec
+work=$(mktemp -d /tmp/shardvec-demo-XXXXXX)
+port=${SHARDVEC_PORT:-7000}
+router=127.0.0.1:$port
+
+"$bin" local up --shards 3 --port "$port" --data-dir "$work/data" >"$work/local.out" 2>&1 &
+cluster=$!
+trap 'kill -TERM $cluster 2>/dev/null; wait $cluster 2>/dev/null || true' EXIT
+for _ in $(seq 1 600); do
+  grep -q ready "$work/local.out" && break
+  kill -0 $cluster 2>/dev/null || { cat "$work/local.out"; exit 1; }
+  sleep 0.1
+done
+grep ready "$work/local.out" || { cat "$work/local.out"; exit 1; }
+
+"$bin" gen "$work/base.fvecs" --rows 100000 --dim 64 --clusters 200 --seed 1
+"$bin" gen "$work/queries.fvecs" --rows 3 --dim 64 --clusters 200 --seed 1
+"$bin" --router "$router" collection create sample --dim 64 --metric l2 --index "IVF256,Flat"
+"$bin" --router "$router" ingest sample "$work/base.fvecs"
+"$bin" --router "$router" status
+echo "Top 5 neighbours (id:squared distance) of 3 sample queries, nprobe 16:"
+"$bin" --router "$router" search sample --queries "$work/queries.fvecs" --k 5 --nprobe 16
+echo "The cluster stops now. Keep one running with: $bin local up --shards 3 --port $port --data-dir DIR"

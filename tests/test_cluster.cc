@@ -1,0 +1,132 @@
+#include "tests/test_cluster.h"
+
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "common/server_util.h"
+
+namespace shardvec::testing {
+namespace {
+
+constexpr absl::Duration kStartTimeout = absl::Seconds(60);
+
+// "... ready on 127.0.0.1:PORT" -> "127.0.0.1:PORT"
+std::string AddressOf(const std::string& ready_line) { return ready_line.substr(ready_line.rfind(' ') + 1); }
+
+bool PortFree(int port) {
+  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  addr.sin_port = htons(static_cast<uint16_t>(port));
+  bool ok = ::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0;
+  ::close(fd);
+  return ok;
+}
+
+}  // namespace
+
+std::string ShardvecBinary() {
+  const char* srcdir = std::getenv("TEST_SRCDIR");
+  if (srcdir != nullptr) {
+    std::string path = absl::StrCat(srcdir, "/shardvec/cli/shardvec");
+    if (std::filesystem::exists(path)) return path;
+  }
+  return std::filesystem::absolute("cli/shardvec").string();
+}
+
+std::string TestDir(const std::string& name) {
+  const char* tmp = std::getenv("TEST_TMPDIR");
+  std::filesystem::path dir = std::filesystem::path(tmp != nullptr ? tmp : "/tmp") / name;
+  std::filesystem::create_directories(dir);
+  return dir.string();
+}
+
+CliResult RunShardvec(const std::vector<std::string>& args, absl::Duration timeout) {
+  static int counter = 0;
+  const std::string err_path = absl::StrCat(TestDir("cli"), "/stderr-", ::getpid(), "-", counter++);
+  std::vector<std::string> argv = {ShardvecBinary()};
+  argv.insert(argv.end(), args.begin(), args.end());
+  CliResult result;
+  auto child = ChildProcess::Start(argv, err_path);
+  if (!child.ok()) {
+    result.err = child.status().ToString();
+    return result;
+  }
+  result.out = (*child)->ReadRest(timeout);
+  int status = (*child)->Wait(absl::Seconds(10));
+  if (status == -1) status = (*child)->Stop();
+  result.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+  std::ifstream err(err_path);
+  std::stringstream ss;
+  ss << err.rdbuf();
+  result.err = ss.str();
+  return result;
+}
+
+int FreePortRange(int count) {
+  std::mt19937 rng(static_cast<uint32_t>(::getpid()) * 7919u + static_cast<uint32_t>(absl::ToUnixNanos(absl::Now())));
+  for (int attempt = 0; attempt < 200; ++attempt) {
+    int base = 20000 + static_cast<int>(rng() % 30000);
+    bool all = true;
+    for (int i = 0; i < count && all; ++i) all = PortFree(base + i);
+    if (all) return base;
+  }
+  return -1;
+}
+
+FloatMatrix RandomVectors(int64_t rows, int dim, uint32_t seed) {
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> normal;
+  FloatMatrix m{rows, dim, std::vector<float>(static_cast<size_t>(rows) * dim)};
+  for (float& x : m.data) x = normal(rng);
+  return m;
+}
+
+absl::StatusOr<std::unique_ptr<TestCluster>> TestCluster::Start(int num_shards, const std::string& data_dir) {
+  std::unique_ptr<TestCluster> c(new TestCluster());
+  const std::string binary = ShardvecBinary();
+  for (int i = 0; i < num_shards; ++i) {
+    const std::string dir = absl::StrCat(data_dir, "/shard-", i);
+    auto child = ChildProcess::Start({binary, "shard", "serve", "--port", "0", "--data-dir", dir},
+                                     absl::StrCat(data_dir, "/shard-", i, ".log"));
+    if (!child.ok()) return child.status();
+    c->shards_.push_back(*std::move(child));
+  }
+  for (auto& shard : c->shards_) {
+    absl::StatusOr<std::string> line = shard->WaitForLine("ready", kStartTimeout);
+    if (!line.ok()) return line.status();
+    c->shard_addresses_.push_back(AddressOf(*line));
+  }
+  auto router = ChildProcess::Start({binary, "router", "serve", "--port", "0", "--data-dir",
+                                     absl::StrCat(data_dir, "/router"), "--shards",
+                                     absl::StrJoin(c->shard_addresses_, ",")},
+                                    absl::StrCat(data_dir, "/router.log"));
+  if (!router.ok()) return router.status();
+  c->router_ = *std::move(router);
+  absl::StatusOr<std::string> line = c->router_->WaitForLine("ready", kStartTimeout);
+  if (!line.ok()) return line.status();
+  c->router_address_ = AddressOf(*line);
+  return c;
+}
+
+std::unique_ptr<v1::ShardVec::Stub> TestCluster::Client() const {
+  return v1::ShardVec::NewStub(MakeChannel(router_address_));
+}
+
+CliResult TestCluster::Cli(const std::vector<std::string>& args) const {
+  std::vector<std::string> argv = {"--router", router_address_};
+  argv.insert(argv.end(), args.begin(), args.end());
+  return RunShardvec(argv);
+}
+
+}  // namespace shardvec::testing
