@@ -11,6 +11,11 @@
 #include "shard/shard_server.h"
 
 int main(int argc, char** argv) {
+  // Servers search with FAISS: make its OpenMP workers wait passively (re-executing
+  // once if needed) before anything else runs. `local up` passes it to its children.
+  if (argc >= 3 && (std::string(argv[1]) == "shard" || std::string(argv[1]) == "local")) {
+    shardvec::EnsurePassiveOpenMp(argv);
+  }
   // Before any thread starts, so that servers can wait for these signals.
   shardvec::BlockTerminationSignals();
 

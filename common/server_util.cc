@@ -1,6 +1,10 @@
 #include "common/server_util.h"
 
 #include <signal.h>
+#include <stdlib.h>
+#include <unistd.h>
+
+#include <cstring>
 
 #include "common/validate.h"
 
@@ -28,6 +32,13 @@ int WaitForTerminationSignal() {
   while (sigwait(&set, &sig) != 0) {
   }
   return sig;
+}
+
+void EnsurePassiveOpenMp(char** argv) {
+  const char* policy = ::getenv("OMP_WAIT_POLICY");
+  if (policy != nullptr && std::strlen(policy) > 0) return;  // the user's choice stands
+  ::setenv("OMP_WAIT_POLICY", "PASSIVE", 1);
+  ::execv("/proc/self/exe", argv);
 }
 
 void ConfigureServerBuilder(grpc::ServerBuilder* builder) {

