@@ -37,7 +37,9 @@ std::unique_ptr<ChildProcess> Up(int port, const std::string& dir) {
   EXPECT_TRUE(child.ok()) << child.status();
   absl::StatusOr<std::string> line = (*child)->WaitForLine("ready", absl::Seconds(60));
   EXPECT_TRUE(line.ok()) << line.status();
-  if (line.ok()) EXPECT_THAT(*line, HasSubstr("router 127.0.0.1:" + std::to_string(port) + ", 2 shards"));
+  if (line.ok()) {
+    EXPECT_THAT(*line, HasSubstr("router 127.0.0.1:" + std::to_string(port) + ", 2 shards"));
+  }
   return *std::move(child);
 }
 

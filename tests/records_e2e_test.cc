@@ -51,7 +51,9 @@ class RecordsE2ETest : public ::testing::Test {
     v1::UpsertResponse resp;
     grpc::ClientContext ctx;
     grpc::Status s = stub_->Upsert(&ctx, req, &resp);
-    if (s.ok()) EXPECT_EQ(resp.upserted(), static_cast<uint64_t>(m.rows));
+    if (s.ok()) {
+      EXPECT_EQ(resp.upserted(), static_cast<uint64_t>(m.rows));
+    }
     return s;
   }
 
