@@ -25,6 +25,6 @@ grep ready "$work/local.out" || { cat "$work/local.out"; exit 1; }
 "$bin" --router "$router" collection create sample --dim 64 --metric l2 --index "IVF256,Flat"
 "$bin" --router "$router" ingest sample "$work/base.fvecs"
 "$bin" --router "$router" status
-echo "Top 5 neighbours (id:squared distance) of 3 sample queries, nprobe 16:"
+echo "Top 5 neighbours (id:squared distance), nprobe 16. The queries are rows 0-2 of the data, so each finds itself first:"
 "$bin" --router "$router" search sample --queries "$work/queries.fvecs" --k 5 --nprobe 16
 echo "The cluster stops now. Keep one running with: $bin local up --shards 3 --port $port --data-dir DIR"
