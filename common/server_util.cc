@@ -4,8 +4,11 @@
 #include <stdlib.h>
 #include <unistd.h>
 
+#include <cstdio>
 #include <cstring>
 
+#include "absl/strings/str_cat.h"
+#include "common/log.h"
 #include "common/validate.h"
 
 namespace shardvec {
@@ -44,6 +47,25 @@ void EnsurePassiveOpenMp(char** argv) {
 void ConfigureServerBuilder(grpc::ServerBuilder* builder) {
   builder->SetMaxReceiveMessageSize(kMaxMessageBytes);
   builder->SetMaxSendMessageSize(kMaxMessageBytes);
+}
+
+int ServeUntilSignal(const std::string& name, const std::string& host, int port, grpc::Service* service) {
+  grpc::ServerBuilder builder;
+  ConfigureServerBuilder(&builder);
+  int bound = 0;
+  builder.AddListeningPort(absl::StrCat(host, ":", port), grpc::InsecureServerCredentials(), &bound);
+  builder.RegisterService(service);
+  std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
+  if (server == nullptr || bound == 0) {
+    std::fprintf(stderr, "error: cannot listen on %s:%d\n", host.c_str(), port);
+    return 1;
+  }
+  std::printf("%s ready on %s:%d\n", name.c_str(), host.c_str(), bound);
+  std::fflush(stdout);
+  int sig = WaitForTerminationSignal();
+  LogInfo("%s %s:%d: signal %d, shutting down", name, host, bound, sig);
+  server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(5));
+  return 0;
 }
 
 std::shared_ptr<grpc::Channel> MakeChannel(const std::string& address) {

@@ -27,6 +27,11 @@ void EnsurePassiveOpenMp(char** argv);
 // Server builder with the project's message size limits.
 void ConfigureServerBuilder(grpc::ServerBuilder* builder);
 
+// Serves `service` on host:port (0: any free port), prints "<name> ready on
+// HOST:PORT" on stdout, and blocks until SIGINT/SIGTERM, then shuts down. Returns the
+// process exit code (1 if it cannot listen).
+int ServeUntilSignal(const std::string& name, const std::string& host, int port, grpc::Service* service);
+
 // An insecure channel to host:port with the project's message size limits.
 std::shared_ptr<grpc::Channel> MakeChannel(const std::string& address);
 

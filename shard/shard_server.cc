@@ -22,23 +22,7 @@ int RunShardServer(const ShardServerOptions& options) {
     }
   }
   ShardService service;
-  grpc::ServerBuilder builder;
-  ConfigureServerBuilder(&builder);
-  int port = 0;
-  builder.AddListeningPort(absl::StrCat(options.host, ":", options.port), grpc::InsecureServerCredentials(),
-                           &port);
-  builder.RegisterService(&service);
-  std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
-  if (server == nullptr || port == 0) {
-    std::fprintf(stderr, "error: cannot listen on %s:%d\n", options.host.c_str(), options.port);
-    return 1;
-  }
-  std::printf("shardvec-shard ready on %s:%d\n", options.host.c_str(), port);
-  std::fflush(stdout);
-  int sig = WaitForTerminationSignal();
-  LogInfo("shard %s:%d: signal %d, shutting down", options.host, port, sig);
-  server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(5));
-  return 0;
+  return ServeUntilSignal("shardvec-shard", options.host, options.port, &service);
 }
 
 }  // namespace shardvec::shard

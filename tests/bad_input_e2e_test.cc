@@ -25,12 +25,7 @@ class BadInputE2ETest : public ::testing::Test {
     ASSERT_TRUE(cluster.ok()) << cluster.status();
     cluster_ = cluster->release();
     auto stub = cluster_->Client();
-    v1::CreateCollectionRequest create;
-    create.mutable_spec()->set_name("docs");
-    create.mutable_spec()->set_dim(kDim);
-    v1::CreateCollectionResponse created;
-    grpc::ClientContext ctx;
-    ASSERT_TRUE(stub->CreateCollection(&ctx, create, &created).ok());
+    ASSERT_TRUE(CreateCollection(stub.get(), "docs", kDim).ok());
     v1::UpsertRequest up = GoodUpsert(kRecords);
     v1::UpsertResponse upserted;
     grpc::ClientContext ctx2;

@@ -1,11 +1,8 @@
 // `shardvec local up`: starts a router and N shards, prints "ready", serves, stops
 // every process on SIGTERM, and comes back with the same cluster map on the same
 // data directory.
-#include <netinet/in.h>
 #include <signal.h>
-#include <sys/socket.h>
 #include <sys/wait.h>
-#include <unistd.h>
 
 #include <string>
 
@@ -17,19 +14,6 @@ namespace shardvec::testing {
 namespace {
 
 using ::testing::HasSubstr;
-
-bool PortBindable(int port) {
-  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-  int one = 1;
-  ::setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  addr.sin_port = htons(static_cast<uint16_t>(port));
-  bool ok = ::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0;
-  ::close(fd);
-  return ok;
-}
 
 std::unique_ptr<ChildProcess> Up(int port, const std::string& dir) {
   auto child = ChildProcess::Start({ShardvecBinary(), "local", "up", "--shards", "2", "--port", std::to_string(port),
@@ -71,7 +55,7 @@ TEST(LocalUpE2ETest, ServesStopsOnSigtermAndRestartsWithSameMap) {
     EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << status;
   }
   // Every process is gone: the router's and both shards' ports can be bound again.
-  for (int p = port; p < port + 3; ++p) EXPECT_TRUE(PortBindable(p)) << "port " << p << " still in use";
+  for (int p = port; p < port + 3; ++p) EXPECT_TRUE(PortFree(p)) << "port " << p << " still in use";
 
   // Same data dir: the router reloads its cluster map, so the collection is known.
   std::unique_ptr<ChildProcess> again = Up(port, dir);

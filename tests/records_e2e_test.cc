@@ -25,28 +25,16 @@ class RecordsE2ETest : public ::testing::Test {
     stub_ = cluster_->Client();
   }
 
-  grpc::Status Create(const std::string& name, const std::string& index, v1::Metric metric = v1::L2) {
-    v1::CreateCollectionRequest req;
-    req.mutable_spec()->set_name(name);
-    req.mutable_spec()->set_dim(kDim);
-    req.mutable_spec()->set_metric(metric);
-    req.mutable_spec()->set_index_spec(index);
-    v1::CreateCollectionResponse resp;
-    grpc::ClientContext ctx;
-    return stub_->CreateCollection(&ctx, req, &resp);
+  grpc::Status Create(const std::string& name, const std::string& index) {
+    return CreateCollection(stub_.get(), name, kDim, index);
   }
 
   grpc::Status Upsert(const std::string& name, const FloatMatrix& m, uint64_t first_id, bool payloads) {
-    v1::UpsertRequest req;
-    req.set_collection(name);
-    for (int64_t i = 0; i < m.rows; ++i) {
-      v1::Record* r = req.add_records();
-      r->set_id(first_id + i);
-      r->mutable_vector()->Add(m.row(i), m.row(i) + m.dim);
-      if (payloads) {
-        r->mutable_payload()->set_text("passage " + std::to_string(first_id + i));
-        (*r->mutable_payload()->mutable_metadata())["source"] = "test";
-      }
+    v1::UpsertRequest req = MakeUpsert(name, m, first_id);
+    for (v1::Record& r : *req.mutable_records()) {
+      if (!payloads) break;
+      r.mutable_payload()->set_text("passage " + std::to_string(r.id()));
+      (*r.mutable_payload()->mutable_metadata())["source"] = "test";
     }
     v1::UpsertResponse resp;
     grpc::ClientContext ctx;

@@ -31,22 +31,9 @@ TEST(ShardFailureE2ETest, KilledShardGivesUnavailableOrPartialResults) {
   TestCluster& cluster = **cluster_or;
   auto stub = cluster.Client();
 
-  v1::CreateCollectionRequest create;
-  create.mutable_spec()->set_name("docs");
-  create.mutable_spec()->set_dim(kDim);
-  v1::CreateCollectionResponse created;
-  {
-    grpc::ClientContext ctx;
-    ASSERT_TRUE(stub->CreateCollection(&ctx, create, &created).ok());
-  }
+  ASSERT_TRUE(CreateCollection(stub.get(), "docs", kDim).ok());
   FloatMatrix data = RandomVectors(kRecords, kDim, 21);
-  v1::UpsertRequest up;
-  up.set_collection("docs");
-  for (int i = 0; i < kRecords; ++i) {
-    v1::Record* r = up.add_records();
-    r->set_id(i);
-    r->mutable_vector()->Add(data.row(i), data.row(i) + kDim);
-  }
+  v1::UpsertRequest up = MakeUpsert("docs", data, 0);
   v1::UpsertResponse upserted;
   {
     grpc::ClientContext ctx;

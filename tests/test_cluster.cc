@@ -22,8 +22,12 @@ constexpr absl::Duration kStartTimeout = absl::Seconds(60);
 // "... ready on 127.0.0.1:PORT" -> "127.0.0.1:PORT"
 std::string AddressOf(const std::string& ready_line) { return ready_line.substr(ready_line.rfind(' ') + 1); }
 
+}  // namespace
+
 bool PortFree(int port) {
   int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  int one = 1;
+  ::setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
   sockaddr_in addr{};
   addr.sin_family = AF_INET;
   addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
@@ -33,7 +37,28 @@ bool PortFree(int port) {
   return ok;
 }
 
-}  // namespace
+grpc::Status CreateCollection(v1::ShardVec::Stub* stub, const std::string& name, int dim, const std::string& index,
+                              v1::Metric metric) {
+  v1::CreateCollectionRequest req;
+  req.mutable_spec()->set_name(name);
+  req.mutable_spec()->set_dim(dim);
+  req.mutable_spec()->set_metric(metric);
+  req.mutable_spec()->set_index_spec(index);
+  v1::CreateCollectionResponse resp;
+  grpc::ClientContext ctx;
+  return stub->CreateCollection(&ctx, req, &resp);
+}
+
+v1::UpsertRequest MakeUpsert(const std::string& collection, const FloatMatrix& m, uint64_t first_id) {
+  v1::UpsertRequest req;
+  req.set_collection(collection);
+  for (int64_t i = 0; i < m.rows; ++i) {
+    v1::Record* r = req.add_records();
+    r->set_id(first_id + static_cast<uint64_t>(i));
+    r->mutable_vector()->Add(m.row(i), m.row(i) + m.dim);
+  }
+  return req;
+}
 
 std::string ShardvecBinary() {
   const char* srcdir = std::getenv("TEST_SRCDIR");

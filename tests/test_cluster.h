@@ -34,6 +34,16 @@ CliResult RunShardvec(const std::vector<std::string>& args, absl::Duration timeo
 // A port on 127.0.0.1 such that it and the next `count - 1` ports are free now.
 int FreePortRange(int count);
 
+// Whether a TCP port on 127.0.0.1 can be bound right now.
+bool PortFree(int port);
+
+// Creates a collection through the router.
+grpc::Status CreateCollection(v1::ShardVec::Stub* stub, const std::string& name, int dim,
+                              const std::string& index = "Flat", v1::Metric metric = v1::L2);
+
+// An upsert of the rows of `m` under ids first_id, first_id + 1, ...
+v1::UpsertRequest MakeUpsert(const std::string& collection, const FloatMatrix& m, uint64_t first_id);
+
 // Gaussian random vectors, reproducible from `seed`.
 FloatMatrix RandomVectors(int64_t rows, int dim, uint32_t seed);
 
