@@ -18,13 +18,17 @@
 #include "faiss/IndexIVFPQ.h"
 #include "faiss/IndexPQ.h"
 #include "faiss/IndexPreTransform.h"
+#include "faiss/impl/FaissAssert.h"
 #include "faiss/impl/IDSelector.h"
+#include "faiss/impl/io.h"
 #include "faiss/index_factory.h"
+#include "faiss/index_io.h"
 #include "index/faiss_store.h"
 
 namespace shardvec::index {
 namespace {
 
+using internal::CatchFaiss;
 using internal::FaissStore;
 using internal::NativeIdStore;
 using internal::TombstoneStore;
@@ -82,11 +86,67 @@ bool SupportsRemove(faiss::Index& index) {
   }
 }
 
+std::unique_ptr<FaissStore> StoreFor(std::unique_ptr<faiss::Index> index) {
+  if (SupportsRemove(*index)) return NativeIdStore::Create(std::move(index));
+  return std::make_unique<TombstoneStore>(std::move(index));
+}
+
 absl::StatusOr<std::unique_ptr<FaissStore>> MakeStore(const IndexSpec& spec) {
   absl::StatusOr<std::unique_ptr<faiss::Index>> index = BuildFaissIndex(spec);
   if (!index.ok()) return index.status();
-  if (SupportsRemove(**index)) return NativeIdStore::Create(std::move(*index));
-  return std::make_unique<TombstoneStore>(std::move(*index));
+  return StoreFor(std::move(*index));
+}
+
+// FAISS's stream interfaces over the project's ByteSink/ByteSource: a short count
+// makes FAISS throw, and the underlying Status is kept for the caller.
+class SinkWriter final : public faiss::IOWriter {
+ public:
+  explicit SinkWriter(ByteSink* sink) : sink_(sink) {}
+  size_t operator()(const void* ptr, size_t size, size_t nitems) override {
+    if (!status_.ok()) return 0;
+    status_ = sink_->Write(ptr, size * nitems);
+    return status_.ok() ? nitems : 0;
+  }
+  const absl::Status& status() const { return status_; }
+
+ private:
+  ByteSink* sink_;
+  absl::Status status_;
+};
+
+class SourceReader final : public faiss::IOReader {
+ public:
+  explicit SourceReader(ByteSource* source) : source_(source) {}
+  size_t operator()(void* ptr, size_t size, size_t nitems) override {
+    if (!status_.ok()) return 0;
+    status_ = source_->Read(ptr, size * nitems);
+    return status_.ok() ? nitems : 0;
+  }
+  const absl::Status& status() const { return status_; }
+
+ private:
+  ByteSource* source_;
+  absl::Status status_;
+};
+
+constexpr uint32_t kSaveMagic = 0x58495653;  // "SVIX"
+constexpr uint32_t kSaveVersion = 1;
+
+// The faiss index as bytes (FAISS's own serialization).
+absl::StatusOr<std::string> Serialize(const faiss::Index& index) {
+  faiss::VectorIOWriter writer;
+  absl::Status status = CatchFaiss("serialize", [&] { faiss::write_index(&index, &writer); });
+  if (!status.ok()) return status;
+  return std::string(writer.data.begin(), writer.data.end());
+}
+
+absl::StatusOr<std::unique_ptr<faiss::Index>> Deserialize(const std::string& bytes) {
+  faiss::VectorIOReader reader;
+  reader.data.assign(bytes.begin(), bytes.end());
+  std::unique_ptr<faiss::Index> index;
+  absl::Status status = CatchFaiss("deserialize", [&] { index.reset(faiss::read_index(&reader)); });
+  if (!status.ok()) return absl::InvalidArgumentError(std::string(status.message()));
+  return index;
 }
 
 // Each IVF list needs at least one vector for k-means; other indexes one in all.
@@ -321,11 +381,100 @@ absl::Status FaissIndex::TrainAndDrain(int64_t n, const float* x) {
   if (!store_->is_trained()) {
     status = n > 0 ? store_->Train(n, x) : store_->Train(staged_n, staged.data());
     if (!status.ok()) return status;
+    absl::StatusOr<std::string> bytes = Serialize(store_->faiss_index());
+    if (!bytes.ok()) return bytes.status();
+    trained_template_ = *std::move(bytes);
   }
   status = store_->Upsert(staged_n, ids.data(), staged.data());
   if (!status.ok()) return status;
   staging_.reset();
   return absl::OkStatus();
+}
+
+absl::StatusOr<std::string> FaissIndex::TrainedTemplate() const {
+  if (!is_trained()) return absl::FailedPreconditionError("trained template: index is not trained yet");
+  return trained_template_;
+}
+
+absl::Status FaissIndex::InstallTrained(const std::string& trained_template) {
+  if (is_trained()) return absl::FailedPreconditionError("install trained: index is already trained");
+  absl::StatusOr<std::unique_ptr<faiss::Index>> index = Deserialize(trained_template);
+  if (!index.ok()) return absl::InvalidArgumentError(absl::StrCat("trained template: ", index.status().message()));
+  if ((*index)->d != spec_.dim || (*index)->metric_type != ToFaissMetric(spec_.metric) || !(*index)->is_trained ||
+      (*index)->ntotal != 0) {
+    return absl::InvalidArgumentError("trained template: not an empty trained index of this collection's spec");
+  }
+  std::unique_ptr<FaissStore> previous = std::move(store_);
+  store_ = StoreFor(*std::move(index));
+  trained_template_ = trained_template;
+  absl::Status status = TrainAndDrain(0, nullptr);
+  if (!status.ok()) {
+    store_ = std::move(previous);
+    trained_template_.clear();
+  }
+  return status;
+}
+
+absl::Status FaissIndex::Save(ByteSink* sink) const {
+  SinkWriter writer(sink);
+  const uint8_t staged = staging_ != nullptr ? 1 : 0;
+  absl::Status status = CatchFaiss("save", [&] {
+    const uint32_t header[2] = {kSaveMagic, kSaveVersion};
+    const uint64_t template_size = trained_template_.size();
+    if (writer(header, sizeof(header), 1) != 1 || writer(&staged, 1, 1) != 1 ||
+        writer(&template_size, sizeof(template_size), 1) != 1 ||
+        (template_size > 0 && writer(trained_template_.data(), 1, template_size) != template_size)) {
+      FAISS_THROW_MSG("write failed");
+    }
+    active().Save(&writer);
+  });
+  if (!writer.status().ok()) return writer.status();
+  return status;
+}
+
+absl::StatusOr<std::unique_ptr<FaissIndex>> FaissIndex::Load(const IndexSpec& spec, ByteSource* source) {
+  absl::StatusOr<std::unique_ptr<FaissIndex>> index = Create(spec);
+  if (!index.ok()) return index.status();
+  SourceReader reader(source);
+  uint8_t staged = 0;
+  std::unique_ptr<FaissStore> store;
+  std::string trained_template;
+  absl::Status status = CatchFaiss("load", [&] {
+    uint32_t header[2] = {0, 0};
+    uint64_t template_size = 0;
+    if (reader(header, sizeof(header), 1) != 1 || header[0] != kSaveMagic || header[1] != kSaveVersion) {
+      FAISS_THROW_MSG("not an index saved by this version");
+    }
+    if (reader(&staged, 1, 1) != 1 || reader(&template_size, sizeof(template_size), 1) != 1 ||
+        template_size > (uint64_t{1} << 34)) {
+      FAISS_THROW_MSG("bad header");
+    }
+    trained_template.resize(template_size);
+    if (template_size > 0 && reader(trained_template.data(), 1, template_size) != template_size) {
+      FAISS_THROW_MSG("truncated");
+    }
+    store = FaissStore::LoadStore(&reader);
+  });
+  if (!reader.status().ok()) return reader.status();
+  if (!status.ok()) return absl::DataLossError(absl::StrCat("index snapshot: ", status.message()));
+  const faiss::Index& loaded = store->faiss_index();
+  if (loaded.d != spec.dim || loaded.metric_type != ToFaissMetric(spec.metric)) {
+    return absl::DataLossError("index snapshot: dimension or metric differ from the collection's");
+  }
+  FaissIndex& result = **index;
+  if (staged != 0) {
+    auto* staging = dynamic_cast<NativeIdStore*>(store.get());
+    if (staging == nullptr || result.staging_ == nullptr) {
+      return absl::DataLossError("index snapshot: staged vectors for an index that needs no training");
+    }
+    store.release();
+    result.staging_.reset(staging);
+  } else {
+    result.store_ = std::move(store);
+    result.staging_.reset();
+  }
+  result.trained_template_ = std::move(trained_template);
+  return index;
 }
 
 }  // namespace shardvec::index

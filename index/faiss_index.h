@@ -14,6 +14,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <string>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
@@ -49,6 +50,11 @@ class FaissIndex final : public Index {
   bool is_trained() const override { return staging_ == nullptr; }
   absl::Status Train(int64_t n, const float* x) override;
 
+  absl::StatusOr<std::string> TrainedTemplate() const override;
+  absl::Status InstallTrained(const std::string& trained_template) override;
+  absl::Status Save(ByteSink* sink) const override;
+  static absl::StatusOr<std::unique_ptr<FaissIndex>> Load(const IndexSpec& spec, ByteSource* source);
+
   // Removed or replaced entries not yet compacted away (HNSW only; 0 otherwise).
   int64_t tombstones() const;
 
@@ -67,6 +73,9 @@ class FaissIndex final : public Index {
   std::unique_ptr<internal::FaissStore> store_;  // The index spec_.factory describes.
   // Exact copy of every vector while store_ is untrained; null once trained.
   std::unique_ptr<internal::NativeIdStore> staging_;
+  // store_'s FAISS index serialized right after training, before any vector; "" when
+  // the spec needs no training or it has not happened yet.
+  std::string trained_template_;
 };
 
 }  // namespace shardvec::index

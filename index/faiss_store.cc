@@ -8,6 +8,7 @@
 #include "faiss/IndexHNSW.h"
 #include "faiss/IndexIDMap.h"
 #include "faiss/IndexPreTransform.h"
+#include "faiss/impl/FaissAssert.h"
 #include "faiss/impl/IDSelector.h"
 #include "faiss/impl/io.h"
 #include "faiss/index_io.h"
@@ -63,7 +64,39 @@ class LiveLabels final : public faiss::IDSelector {
   const std::vector<uint64_t>& label_to_id_;
 };
 
+enum StoreKind : uint8_t { kNative = 1, kTombstone = 2 };
+
+template <typename T>
+void WriteVector(faiss::IOWriter* w, const std::vector<T>& v) {
+  uint64_t n = v.size();
+  if ((*w)(&n, sizeof(n), 1) != 1 || (n > 0 && (*w)(v.data(), sizeof(T), n) != n)) {
+    FAISS_THROW_MSG("snapshot write failed");
+  }
+}
+
+template <typename T>
+std::vector<T> ReadVector(faiss::IOReader* r) {
+  uint64_t n = 0;
+  if ((*r)(&n, sizeof(n), 1) != 1) FAISS_THROW_MSG("snapshot truncated");
+  std::vector<T> v(n);
+  if (n > 0 && (*r)(v.data(), sizeof(T), n) != n) FAISS_THROW_MSG("snapshot truncated");
+  return v;
+}
+
+void WriteKind(faiss::IOWriter* w, StoreKind kind) {
+  if ((*w)(&kind, 1, 1) != 1) FAISS_THROW_MSG("snapshot write failed");
+}
+
 }  // namespace
+
+std::unique_ptr<FaissStore> FaissStore::LoadStore(faiss::IOReader* reader) {
+  uint8_t kind = 0;
+  if ((*reader)(&kind, 1, 1) != 1) FAISS_THROW_MSG("snapshot truncated");
+  std::unique_ptr<faiss::Index> index(faiss::read_index(reader));
+  if (kind == kNative) return NativeIdStore::Create(std::move(index));
+  if (kind == kTombstone) return TombstoneStore::Load(std::move(index), reader);
+  FAISS_THROW_MSG("snapshot: unknown store kind");
+}
 
 absl::Status FaissStore::Train(int64_t n, const float* x) {
   return CatchFaiss("train", [&] { index_->train(n, x); });
@@ -80,12 +113,55 @@ void FaissStore::FillMissing(int64_t n, int k, float* distances, uint64_t* label
 }
 
 std::unique_ptr<NativeIdStore> NativeIdStore::Create(std::unique_ptr<faiss::Index> index) {
+  std::unique_ptr<NativeIdStore> store;
   if (const faiss::IndexIVF* ivf = faiss::ivflib::try_extract_index_ivf(index.get())) {
-    return absl::WrapUnique(new NativeIdStore(std::move(index), ivf));
+    store = absl::WrapUnique(new NativeIdStore(std::move(index), ivf));
+    const faiss::InvertedLists* lists = ivf->invlists;
+    for (size_t list = 0; list < lists->nlist; ++list) {
+      faiss::InvertedLists::ScopedIds ids(lists, list);
+      for (size_t i = 0; i < lists->list_size(list); ++i) store->ids_.insert(static_cast<uint64_t>(ids[i]));
+    }
+    return store;
+  }
+  if (auto* existing = dynamic_cast<faiss::IndexIDMap*>(index.get())) {
+    index.release();
+    store = absl::WrapUnique(new NativeIdStore(std::unique_ptr<faiss::Index>(existing), nullptr));
+    for (FaissLabel label : existing->id_map) store->ids_.insert(static_cast<uint64_t>(label));
+    return store;
   }
   auto id_map = std::make_unique<faiss::IndexIDMap>(index.release());
   id_map->own_fields = true;
   return absl::WrapUnique(new NativeIdStore(std::move(id_map), nullptr));
+}
+
+void NativeIdStore::Save(faiss::IOWriter* writer) const {
+  WriteKind(writer, kNative);
+  faiss::write_index(index_.get(), writer);
+}
+
+void TombstoneStore::Save(faiss::IOWriter* writer) const {
+  WriteKind(writer, kTombstone);
+  faiss::write_index(index_.get(), writer);
+  WriteVector(writer, label_to_id_);
+  WriteVector(writer, empty_index_);
+}
+
+std::unique_ptr<TombstoneStore> TombstoneStore::Load(std::unique_ptr<faiss::Index> index,
+                                                     faiss::IOReader* reader) {
+  auto store = std::make_unique<TombstoneStore>(std::move(index));
+  store->label_to_id_ = ReadVector<uint64_t>(reader);
+  store->empty_index_ = ReadVector<uint8_t>(reader);
+  if (static_cast<int64_t>(store->label_to_id_.size()) != store->index_->ntotal) {
+    FAISS_THROW_MSG("snapshot: label table does not match the index");
+  }
+  for (FaissLabel label = 0; label < static_cast<FaissLabel>(store->label_to_id_.size()); ++label) {
+    if (store->label_to_id_[label] == kNoId) {
+      ++store->dead_;
+    } else {
+      store->id_to_label_[store->label_to_id_[label]] = label;
+    }
+  }
+  return store;
 }
 
 absl::Status NativeIdStore::Upsert(int64_t n, const uint64_t* ids, const float* x) {

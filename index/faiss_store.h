@@ -18,6 +18,7 @@
 #include "absl/strings/string_view.h"
 #include "faiss/Index.h"
 #include "faiss/IndexIVF.h"
+#include "faiss/impl/io.h"
 #include "index/index.h"
 
 namespace shardvec::index::internal {
@@ -62,6 +63,11 @@ class FaissStore {
   absl::Status Train(int64_t n, const float* x);
   const faiss::Index& faiss_index() const { return *index_; }
 
+  // Writes a kind tag, the FAISS index and the id bookkeeping; LoadStore reads it.
+  // FAISS throws on I/O errors: callers wrap these in CatchFaiss.
+  virtual void Save(faiss::IOWriter* writer) const = 0;
+  static std::unique_ptr<FaissStore> LoadStore(faiss::IOReader* reader);
+
  protected:
   explicit FaissStore(std::unique_ptr<faiss::Index> index) : index_(std::move(index)) {}
 
@@ -78,7 +84,8 @@ class FaissStore {
 // would collide with FAISS's -1 "missing" label (callers reject it).
 class NativeIdStore final : public FaissStore {
  public:
-  // Wraps `index` in an IndexIDMap unless it is an IVF, which stores ids itself.
+  // Wraps `index` in an IndexIDMap unless it is an IVF, which stores ids itself, or
+  // already an IndexIDMap (read back from a snapshot); existing ids are adopted.
   static std::unique_ptr<NativeIdStore> Create(std::unique_ptr<faiss::Index> index);
 
   absl::Status Upsert(int64_t n, const uint64_t* ids, const float* x) override;
@@ -86,6 +93,7 @@ class NativeIdStore final : public FaissStore {
   absl::Status Search(int64_t n, const float* x, int k, const SearchParams& params,
                       float* distances, uint64_t* labels) const override;
   int64_t size() const override { return static_cast<int64_t>(ids_.size()); }
+  void Save(faiss::IOWriter* writer) const override;
 
   // Copies out every (id, vector). Only for IndexIDMap-wrapped indexes whose inner
   // index can reconstruct (the exact staging index); UNIMPLEMENTED otherwise.
@@ -117,6 +125,9 @@ class TombstoneStore final : public FaissStore {
                       float* distances, uint64_t* labels) const override;
   int64_t size() const override { return static_cast<int64_t>(id_to_label_.size()); }
   int64_t tombstones() const override { return dead_; }
+  void Save(faiss::IOWriter* writer) const override;
+  static std::unique_ptr<TombstoneStore> Load(std::unique_ptr<faiss::Index> index,
+                                              faiss::IOReader* reader);
 
   // Compaction waits for at least this many tombstones: rebuilding is O(size).
   static constexpr int64_t kMinTombstonesToCompact = 1024;

@@ -14,4 +14,10 @@ absl::StatusOr<std::unique_ptr<Index>> Index::Create(const IndexSpec& spec) {
   return std::unique_ptr<Index>(std::move(*index));
 }
 
+absl::StatusOr<std::unique_ptr<Index>> Index::Load(const IndexSpec& spec, ByteSource* source) {
+  absl::StatusOr<std::unique_ptr<FaissIndex>> index = FaissIndex::Load(spec, source);
+  if (!index.ok()) return index.status();
+  return std::unique_ptr<Index>(std::move(*index));
+}
+
 }  // namespace shardvec::index

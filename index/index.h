@@ -44,6 +44,20 @@ struct SearchParams {
   int ef_search = 0;  // HNSW: candidate list size; 0 keeps the index default.
 };
 
+// Byte streams for index snapshots; implementations report I/O errors as Status.
+class ByteSink {
+ public:
+  virtual ~ByteSink() = default;
+  virtual absl::Status Write(const void* data, size_t size) = 0;
+};
+
+class ByteSource {
+ public:
+  virtual ~ByteSource() = default;
+  // Exactly `size` bytes, or an error (DATA_LOSS at a premature end).
+  virtual absl::Status Read(void* data, size_t size) = 0;
+};
+
 class Index {
  public:
   // Validates the spec; INVALID_ARGUMENT naming the field (dim, index_spec) if bad.
@@ -78,6 +92,23 @@ class Index {
   // vectors; vectors already staged move into the trained index.
   // FAILED_PRECONDITION if already trained.
   virtual absl::Status Train(int64_t n, const float* x) = 0;
+
+  // The trained parts (coarse quantizer, codebooks) without any vectors, as bytes,
+  // so that other indexes of the same spec can share one training; "" when the
+  // index needs no training. FAILED_PRECONDITION while untrained.
+  virtual absl::StatusOr<std::string> TrainedTemplate() const = 0;
+
+  // Adopts a TrainedTemplate() from an index of the same spec instead of training:
+  // staged vectors move into it. FAILED_PRECONDITION if already trained.
+  virtual absl::Status InstallTrained(const std::string& trained_template) = 0;
+
+  // Writes the whole state (vectors, ids, training) for a snapshot; Load() reads it
+  // back. Callers hold the index still (no mutation) while this runs.
+  virtual absl::Status Save(ByteSink* sink) const = 0;
+
+  // An index restored from Save() output, for the same spec. DATA_LOSS when the
+  // bytes do not parse.
+  static absl::StatusOr<std::unique_ptr<Index>> Load(const IndexSpec& spec, ByteSource* source);
 
  protected:
   Index() = default;
