@@ -1,11 +1,40 @@
 #include "shard/collection.h"
 
+#include <filesystem>
 #include <utility>
 
+#include "absl/container/flat_hash_map.h"
 #include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+#include "common/log.h"
 #include "common/validate.h"
+#include "shard/snapshot.h"
 
 namespace shardvec::shard {
+namespace {
+
+constexpr int kRebuildBatch = 8192;
+
+index::IndexSpec ToIndexSpec(const v1::CollectionSpec& spec) {
+  index::IndexSpec s;
+  s.dim = static_cast<int>(spec.dim());
+  s.metric = ToIndexMetric(spec.metric());
+  s.factory = spec.index_spec();
+  return s;
+}
+
+std::string SnapshotPath(const std::string& dir, uint32_t cid) {
+  return (std::filesystem::path(dir) / absl::StrCat("collection-", cid, ".snap")).string();
+}
+
+// Row-major vectors of the given records.
+std::vector<float> Flatten(const std::vector<store::StoredRecord>& records, int dim) {
+  std::vector<float> x(records.size() * dim);
+  for (size_t i = 0; i < records.size(); ++i) std::copy(records[i].vector().begin(), records[i].vector().end(), x.begin() + i * dim);
+  return x;
+}
+
+}  // namespace
 
 index::Metric ToIndexMetric(v1::Metric metric) {
   switch (metric) {
@@ -18,80 +47,185 @@ index::Metric ToIndexMetric(v1::Metric metric) {
   }
 }
 
-absl::StatusOr<std::unique_ptr<Collection>> Collection::Create(const v1::CollectionSpec& spec) {
+absl::StatusOr<std::unique_ptr<Collection>> Collection::Create(RecordStore* store, const std::string& snapshot_dir,
+                                                               const v1::CollectionSpec& spec) {
   if (spec.device() == v1::GPU) {
-    return absl::InvalidArgumentError(
-        "device: this shard has no GPU index backend; create the collection with device cpu");
+    return absl::InvalidArgumentError("device: this shard has no GPU index backend; create the collection with device cpu");
   }
-  index::IndexSpec index_spec;
-  index_spec.dim = static_cast<int>(spec.dim());
-  index_spec.metric = ToIndexMetric(spec.metric());
-  index_spec.factory = spec.index_spec();
-  absl::StatusOr<std::unique_ptr<index::Index>> idx = index::Index::Create(index_spec);
+  // Validate the index spec before anything is stored.
+  absl::StatusOr<std::unique_ptr<index::Index>> idx = index::Index::Create(ToIndexSpec(spec));
   if (!idx.ok()) return idx.status();
-  return std::unique_ptr<Collection>(new Collection(spec, *std::move(idx)));
+  absl::StatusOr<store::StoredCollection> meta = store->AddCollection(spec);
+  if (!meta.ok()) return meta.status();
+  std::unique_ptr<Collection> c(new Collection(store, *meta, SnapshotPath(snapshot_dir, meta->cid())));
+  absl::MutexLock lock(&c->mu_);
+  c->index_ = *std::move(idx);
+  return c;
+}
+
+absl::StatusOr<std::unique_ptr<Collection>> Collection::Recover(RecordStore* store, const std::string& snapshot_dir,
+                                                                const store::StoredCollection& meta,
+                                                                RecoveryStats* stats) {
+  const absl::Time start = absl::Now();
+  std::unique_ptr<Collection> c(new Collection(store, meta, SnapshotPath(snapshot_dir, meta.cid())));
+  absl::StatusOr<uint64_t> last = store->LastOp(meta.cid());
+  if (!last.ok()) return last.status();
+  absl::StatusOr<shard::Snapshot> snap = ReadSnapshot(c->snapshot_path_, meta.cid(), ToIndexSpec(meta.spec()));
+  if (snap.ok() && snap->header.op() > *last) {
+    snap = absl::DataLossError(absl::StrCat("snapshot at op ", snap->header.op(), " is newer than the store (op ",
+                                            *last, ")"));
+  }
+  absl::MutexLock write_lock(&c->write_mu_);
+  if (snap.ok()) {
+    {
+      absl::MutexLock lock(&c->mu_);
+      c->index_ = std::move(snap->index);
+    }
+    stats->from_snapshot = true;
+    c->snapshot_op_ = snap->header.op();
+    if (absl::Status s = c->Replay(snap->header.op(), stats); !s.ok()) return s;
+  } else {
+    if (!absl::IsNotFound(snap.status())) {
+      stats->snapshot_problem = std::string(snap.status().message());
+      std::filesystem::remove(c->snapshot_path_);
+    }
+    if (absl::Status s = c->Rebuild(stats); !s.ok()) return s;
+  }
+  c->applied_op_ = *last;
+  {
+    absl::ReaderMutexLock lock(&c->mu_);
+    stats->records = c->index_->size();
+  }
+  stats->elapsed = absl::Now() - start;
+  return c;
+}
+
+absl::Status Collection::Rebuild(RecoveryStats* stats) {
+  absl::StatusOr<std::unique_ptr<index::Index>> idx = index::Index::Create(ToIndexSpec(spec()));
+  if (!idx.ok()) return idx.status();
+  if (!meta_.trained_template().empty()) {
+    if (absl::Status s = (*idx)->InstallTrained(meta_.trained_template()); !s.ok()) return s;
+  }
+  const int dim = static_cast<int>(spec().dim());
+  absl::Status s = store_->Scan(meta_.cid(), kRebuildBatch,
+                                [&](const std::vector<uint64_t>& ids, const std::vector<store::StoredRecord>& recs) {
+                                  std::vector<float> x = Flatten(recs, dim);
+                                  return (*idx)->Upsert(static_cast<int64_t>(ids.size()), ids.data(), x.data());
+                                });
+  if (!s.ok()) return s;
+  absl::MutexLock lock(&mu_);
+  index_ = *std::move(idx);
+  snapshot_op_ = 0;
+  return absl::OkStatus();
+}
+
+absl::Status Collection::Replay(uint64_t after, RecoveryStats* stats) {
+  // Each entry names the ids one write touched; their current stored state is what
+  // the index must reflect (later entries see the same final values, harmlessly).
+  return store_->ChangesSince(meta_.cid(), after, [&](uint64_t, const store::ChangeEntry& entry) {
+    ++stats->replayed_ops;
+    std::vector<uint64_t> ids(entry.upserted().begin(), entry.upserted().end());
+    ids.insert(ids.end(), entry.deleted().begin(), entry.deleted().end());
+    return Refresh(ids);
+  });
+}
+
+absl::Status Collection::Refresh(const std::vector<uint64_t>& ids) {
+  std::vector<store::StoredRecord> recs;
+  std::vector<bool> found;
+  if (absl::Status s = store_->Get(meta_.cid(), ids, &recs, &found); !s.ok()) return s;
+  std::vector<uint64_t> present, absent;
+  std::vector<store::StoredRecord> present_recs;
+  for (size_t i = 0; i < ids.size(); ++i) {
+    if (found[i]) {
+      present.push_back(ids[i]);
+      present_recs.push_back(std::move(recs[i]));
+    } else {
+      absent.push_back(ids[i]);
+    }
+  }
+  std::vector<float> x = Flatten(present_recs, static_cast<int>(spec().dim()));
+  absl::MutexLock lock(&mu_);
+  if (absl::Status s = index_->Remove(static_cast<int64_t>(absent.size()), absent.data(), nullptr); !s.ok()) return s;
+  return index_->Upsert(static_cast<int64_t>(present.size()), present.data(), x.data());
 }
 
 absl::Status Collection::Upsert(const v1::UpsertRequest& req, v1::UpsertResponse* resp) {
-  if (absl::Status s = ValidateUpsert(spec_, req); !s.ok()) return s;
+  if (absl::Status s = ValidateUpsert(spec(), req); !s.ok()) return s;
   const int n = req.records_size();
-  const int dim = static_cast<int>(spec_.dim());
-  std::vector<uint64_t> ids(n);
+  const int dim = static_cast<int>(spec().dim());
+  WriteSet writes;
+  writes.upsert_ids.resize(n);
+  writes.upsert_records.resize(n);
   std::vector<float> vectors(static_cast<size_t>(n) * dim);
-  std::vector<StoredRecord> stored(n);
   for (int i = 0; i < n; ++i) {
     const v1::Record& r = req.records(i);
-    ids[i] = r.id();
+    writes.upsert_ids[i] = r.id();
+    *writes.upsert_records[i].mutable_vector() = r.vector();
+    if (r.has_payload()) *writes.upsert_records[i].mutable_payload() = r.payload();
     std::copy(r.vector().begin(), r.vector().end(), vectors.begin() + static_cast<size_t>(i) * dim);
-    stored[i].vector.assign(r.vector().begin(), r.vector().end());
-    if (r.has_payload()) stored[i].payload = r.payload().SerializeAsString();
   }
-
-  absl::WriterMutexLock lock(&mu_);
-  // The index can fail (training); the record map cannot, so it goes second.
-  if (absl::Status s = index_->Upsert(n, ids.data(), vectors.data()); !s.ok()) return s;
-  for (int i = 0; i < n; ++i) records_[ids[i]] = std::move(stored[i]);
+  absl::MutexLock write_lock(&write_mu_);
+  absl::StatusOr<uint64_t> op = store_->Write(meta_.cid(), writes);
+  if (!op.ok()) return op.status();
+  absl::Status s;
+  {
+    absl::MutexLock lock(&mu_);
+    s = index_->Upsert(n, writes.upsert_ids.data(), vectors.data());
+  }
+  applied_op_ = *op;
+  if (!s.ok()) {
+    // Durable but not searchable until the index catches up; say so loudly.
+    LogInfo("collection %s: index apply of op %d failed: %s", spec().name(), *op, s.ToString());
+    return s;
+  }
   resp->set_upserted(n);
   return absl::OkStatus();
 }
 
 absl::Status Collection::Delete(const v1::DeleteRequest& req, v1::DeleteResponse* resp) {
   if (absl::Status s = ValidateIds("ids", req.ids()); !s.ok()) return s;
-  std::vector<uint64_t> ids(req.ids().begin(), req.ids().end());
-  absl::WriterMutexLock lock(&mu_);
+  WriteSet writes;
+  writes.delete_ids.assign(req.ids().begin(), req.ids().end());
+  absl::MutexLock write_lock(&write_mu_);
+  absl::StatusOr<uint64_t> op = store_->Write(meta_.cid(), writes);
+  if (!op.ok()) return op.status();
   int64_t removed = 0;
-  if (absl::Status s = index_->Remove(static_cast<int64_t>(ids.size()), ids.data(), &removed); !s.ok()) {
-    return s;
+  absl::Status s;
+  {
+    absl::MutexLock lock(&mu_);
+    s = index_->Remove(static_cast<int64_t>(writes.delete_ids.size()), writes.delete_ids.data(), &removed);
   }
-  for (uint64_t id : ids) records_.erase(id);
+  applied_op_ = *op;
+  if (!s.ok()) return s;
   resp->set_deleted(removed);
   return absl::OkStatus();
 }
 
 absl::Status Collection::Get(const v1::GetRequest& req, v1::GetResponse* resp) const {
   if (absl::Status s = ValidateIds("ids", req.ids()); !s.ok()) return s;
-  absl::ReaderMutexLock lock(&mu_);
-  for (uint64_t id : req.ids()) {
-    auto it = records_.find(id);
-    if (it == records_.end()) {
-      resp->add_missing_ids(id);
+  std::vector<uint64_t> ids(req.ids().begin(), req.ids().end());
+  std::vector<store::StoredRecord> recs;
+  std::vector<bool> found;
+  if (absl::Status s = store_->Get(meta_.cid(), ids, &recs, &found); !s.ok()) return s;
+  for (size_t i = 0; i < ids.size(); ++i) {
+    if (!found[i]) {
+      resp->add_missing_ids(ids[i]);
       continue;
     }
     v1::Record* r = resp->add_records();
-    r->set_id(id);
-    if (req.include_vectors()) r->mutable_vector()->Add(it->second.vector.begin(), it->second.vector.end());
-    if (req.include_payload() && !it->second.payload.empty()) {
-      r->mutable_payload()->ParseFromString(it->second.payload);
-    }
+    r->set_id(ids[i]);
+    if (req.include_vectors()) *r->mutable_vector() = std::move(*recs[i].mutable_vector());
+    if (req.include_payload() && recs[i].has_payload()) *r->mutable_payload() = std::move(*recs[i].mutable_payload());
   }
   return absl::OkStatus();
 }
 
 absl::Status Collection::Search(const v1::SearchRequest& req, v1::SearchResponse* resp) const {
-  if (absl::Status s = ValidateSearch(spec_, req); !s.ok()) return s;
+  if (absl::Status s = ValidateSearch(spec(), req); !s.ok()) return s;
   const int64_t nq = req.queries_size();
   const int k = req.k();
-  const int dim = static_cast<int>(spec_.dim());
+  const int dim = static_cast<int>(spec().dim());
   std::vector<float> queries(static_cast<size_t>(nq) * dim);
   for (int64_t i = 0; i < nq; ++i) {
     const auto& v = req.queries(i).values();
@@ -102,22 +236,36 @@ absl::Status Collection::Search(const v1::SearchRequest& req, v1::SearchResponse
   params.ef_search = static_cast<int>(req.params().ef_search());
   std::vector<float> distances(static_cast<size_t>(nq) * k);
   std::vector<uint64_t> labels(static_cast<size_t>(nq) * k);
-
-  absl::ReaderMutexLock lock(&mu_);
-  absl::Status s = index_->Search(nq, queries.data(), k, params, distances.data(), labels.data());
-  if (!s.ok()) return s;
+  {
+    absl::ReaderMutexLock lock(&mu_);
+    absl::Status s = index_->Search(nq, queries.data(), k, params, distances.data(), labels.data());
+    if (!s.ok()) return s;
+  }
   for (int64_t i = 0; i < nq; ++i) {
     v1::QueryResult* result = resp->add_results();
-    for (int j = 0; j < k; ++j) {
-      uint64_t id = labels[i * k + j];
-      if (id == index::kNoId) break;
-      result->add_ids(id);
+    for (int j = 0; j < k && labels[i * k + j] != index::kNoId; ++j) {
+      result->add_ids(labels[i * k + j]);
       result->add_distances(distances[i * k + j]);
-      if (req.include_payload()) {
-        auto it = records_.find(id);
-        v1::Payload* payload = result->add_payloads();
-        if (it != records_.end() && !it->second.payload.empty()) payload->ParseFromString(it->second.payload);
-      }
+    }
+  }
+  if (req.include_payload()) return FillPayloads(labels, resp);
+  return absl::OkStatus();
+}
+
+absl::Status Collection::FillPayloads(const std::vector<uint64_t>& labels, v1::SearchResponse* resp) const {
+  std::vector<uint64_t> ids;
+  for (uint64_t id : labels) {
+    if (id != index::kNoId) ids.push_back(id);
+  }
+  std::vector<store::StoredRecord> recs;
+  std::vector<bool> found;
+  if (absl::Status s = store_->Get(meta_.cid(), ids, &recs, &found); !s.ok()) return s;
+  size_t next = 0;
+  for (v1::QueryResult& result : *resp->mutable_results()) {
+    for (int j = 0; j < result.ids_size(); ++j, ++next) {
+      v1::Payload* payload = result.add_payloads();
+      // A record deleted since the search answers with an empty payload.
+      if (found[next]) *payload = recs[next].payload();
     }
   }
   return absl::OkStatus();
@@ -125,12 +273,66 @@ absl::Status Collection::Search(const v1::SearchRequest& req, v1::SearchResponse
 
 shardrpc::CollectionStats Collection::Stats() const {
   shardrpc::CollectionStats stats;
-  *stats.mutable_spec() = spec_;
+  *stats.mutable_spec() = spec();
   absl::ReaderMutexLock lock(&mu_);
-  stats.set_num_records(records_.size());
+  stats.set_num_records(index_->size());
   stats.set_index_trained(index_->is_trained());
   stats.set_num_indexed(index_->size());
   return stats;
+}
+
+absl::StatusOr<std::string> Collection::Train(const std::vector<float>& sample) {
+  const int64_t n = static_cast<int64_t>(sample.size()) / spec().dim();
+  absl::MutexLock write_lock(&write_mu_);
+  absl::MutexLock lock(&mu_);
+  if (index_->is_trained()) {
+    return absl::FailedPreconditionError(absl::StrCat("collection '", spec().name(), "' is already trained"));
+  }
+  if (absl::Status s = index_->Train(n, sample.data()); !s.ok()) return s;
+  absl::StatusOr<std::string> tmpl = index_->TrainedTemplate();
+  if (!tmpl.ok()) return tmpl.status();
+  meta_.set_trained_template(*tmpl);
+  if (absl::Status s = store_->UpdateCollection(meta_); !s.ok()) return s;
+  return tmpl;
+}
+
+absl::Status Collection::InstallTrained(const std::string& trained_template) {
+  absl::MutexLock write_lock(&write_mu_);
+  if (meta_.trained_template() == trained_template) return absl::OkStatus();
+  {
+    absl::MutexLock lock(&mu_);
+    if (absl::Status s = index_->InstallTrained(trained_template); !s.ok()) return s;
+  }
+  meta_.set_trained_template(trained_template);
+  return store_->UpdateCollection(meta_);
+}
+
+absl::Status Collection::Snapshot() {
+  absl::MutexLock write_lock(&write_mu_);
+  if (applied_op_ == snapshot_op_) return absl::OkStatus();
+  store::SnapshotHeader header;
+  header.set_cid(meta_.cid());
+  header.set_op(applied_op_);
+  *header.mutable_spec() = spec();
+  header.set_created_unix_ms(absl::ToUnixMillis(absl::Now()));
+  {
+    absl::ReaderMutexLock lock(&mu_);
+    if (absl::Status s = WriteSnapshot(snapshot_path_, header, *index_); !s.ok()) return s;
+  }
+  snapshot_op_ = applied_op_;
+  return store_->TrimChanges(meta_.cid(), snapshot_op_);
+}
+
+uint64_t Collection::OpsSinceSnapshot() const {
+  absl::MutexLock write_lock(&write_mu_);
+  return applied_op_ - snapshot_op_;
+}
+
+absl::Status Collection::Drop() {
+  absl::MutexLock write_lock(&write_mu_);
+  std::error_code ec;
+  std::filesystem::remove(snapshot_path_, ec);
+  return store_->DropCollection(meta_);
 }
 
 }  // namespace shardvec::shard

@@ -1,7 +1,8 @@
-// One collection's slice on a shard: its records (vector + payload by id) and the
-// search index derived from them. Owned by ShardService. Thread-safe: searches and
-// reads share a reader lock; writes take the writer lock only around the index and
-// record-map mutation, after validation and copying are done outside it.
+// One collection's slice on a shard: its records live in the shard's RecordStore (the
+// source of truth) and an index::Index derived from them answers searches. Owned by
+// ShardService. Thread-safe: writes are serialised by write_mu_, so the store's op
+// order is the index's apply order; searches share mu_ with readers and wait only
+// while a write applies to the index, never during its fsync.
 #ifndef SHARDVEC_SHARD_COLLECTION_H_
 #define SHARDVEC_SHARD_COLLECTION_H_
 
@@ -10,21 +11,37 @@
 #include <string>
 #include <vector>
 
-#include "absl/container/flat_hash_map.h"
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
 #include "index/index.h"
 #include "proto/shard.pb.h"
+#include "proto/shard_store.pb.h"
 #include "proto/shardvec.pb.h"
+#include "shard/record_store.h"
 
 namespace shardvec::shard {
 
+struct RecoveryStats {
+  bool from_snapshot = false;
+  std::string snapshot_problem;  // why a snapshot was not used, if one existed
+  int64_t replayed_ops = 0;
+  int64_t records = 0;
+  absl::Duration elapsed;
+};
+
 class Collection {
  public:
-  // `spec` must already be normalised (NormalizeCollectionSpec).
-  static absl::StatusOr<std::unique_ptr<Collection>> Create(const v1::CollectionSpec& spec);
+  // A new, empty collection; `spec` must be normalised (NormalizeCollectionSpec).
+  static absl::StatusOr<std::unique_ptr<Collection>> Create(RecordStore* store, const std::string& snapshot_dir,
+                                                            const v1::CollectionSpec& spec);
+  // An existing collection: its index from the snapshot plus the writes after it,
+  // or, without a usable snapshot, rebuilt from every stored record.
+  static absl::StatusOr<std::unique_ptr<Collection>> Recover(RecordStore* store, const std::string& snapshot_dir,
+                                                             const store::StoredCollection& meta,
+                                                             RecoveryStats* stats);
 
-  const v1::CollectionSpec& spec() const { return spec_; }
+  const v1::CollectionSpec& spec() const { return meta_.spec(); }
 
   absl::Status Upsert(const v1::UpsertRequest& req, v1::UpsertResponse* resp);
   absl::Status Delete(const v1::DeleteRequest& req, v1::DeleteResponse* resp);
@@ -32,19 +49,41 @@ class Collection {
   absl::Status Search(const v1::SearchRequest& req, v1::SearchResponse* resp) const;
   shardrpc::CollectionStats Stats() const;
 
+  // Trains the index on `sample` (FAILED_PRECONDITION if it is trained already)
+  // and returns the template every shard then installs.
+  absl::StatusOr<std::string> Train(const std::vector<float>& sample);
+  // Adopts a shared trained template and records it in the store, so that a rebuild
+  // uses it too. Installing the template this index already has is a no-op.
+  absl::Status InstallTrained(const std::string& trained_template);
+
+  // Writes an index snapshot if writes happened since the last one, then trims the
+  // change log it covers.
+  absl::Status Snapshot();
+  // Writes applied since the last snapshot.
+  uint64_t OpsSinceSnapshot() const;
+
+  // Deletes the collection's records, change log and snapshot.
+  absl::Status Drop();
+
  private:
-  struct StoredRecord {
-    std::vector<float> vector;
-    std::string payload;  // serialized v1::Payload; empty when the record has none
-  };
+  Collection(RecordStore* store, store::StoredCollection meta, std::string snapshot_path)
+      : store_(store), meta_(std::move(meta)), snapshot_path_(std::move(snapshot_path)) {}
+  absl::Status Rebuild(RecoveryStats* stats);
+  absl::Status Replay(uint64_t after, RecoveryStats* stats);
+  // Applies the current stored state of `ids` to the index (upsert or remove).
+  absl::Status Refresh(const std::vector<uint64_t>& ids);
+  absl::Status FillPayloads(const std::vector<uint64_t>& labels, v1::SearchResponse* resp) const;
 
-  Collection(v1::CollectionSpec spec, std::unique_ptr<index::Index> index)
-      : spec_(std::move(spec)), index_(std::move(index)) {}
+  RecordStore* const store_;
+  store::StoredCollection meta_;
+  const std::string snapshot_path_;
 
-  const v1::CollectionSpec spec_;
-  mutable absl::Mutex mu_;
+  mutable absl::Mutex write_mu_;
+  uint64_t applied_op_ ABSL_GUARDED_BY(write_mu_) = 0;
+  uint64_t snapshot_op_ ABSL_GUARDED_BY(write_mu_) = 0;
+
+  mutable absl::Mutex mu_ ABSL_ACQUIRED_AFTER(write_mu_);
   std::unique_ptr<index::Index> index_ ABSL_GUARDED_BY(mu_);
-  absl::flat_hash_map<uint64_t, StoredRecord> records_ ABSL_GUARDED_BY(mu_);
 };
 
 // The index metric for a collection's metric.

@@ -1,8 +1,6 @@
 #include "shard/shard_server.h"
 
 #include <cstdio>
-#include <filesystem>
-#include <system_error>
 
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
@@ -13,16 +11,17 @@
 namespace shardvec::shard {
 
 int RunShardServer(const ShardServerOptions& options) {
-  if (!options.data_dir.empty()) {
-    std::error_code ec;
-    std::filesystem::create_directories(options.data_dir, ec);
-    if (ec) {
-      std::fprintf(stderr, "error: --data-dir %s: %s\n", options.data_dir.c_str(), ec.message().c_str());
-      return 1;
-    }
+  ShardServiceOptions service_options;
+  service_options.data_dir = options.data_dir;
+  absl::StatusOr<std::unique_ptr<ShardService>> service = ShardService::Open(service_options);
+  if (!service.ok()) {
+    std::fprintf(stderr, "error: %s\n", service.status().ToString().c_str());
+    return 1;
   }
-  ShardService service;
-  return ServeUntilSignal("shardvec-shard", options.host, options.port, &service);
+  int rc = ServeUntilSignal("shardvec-shard", options.host, options.port, service->get());
+  // A snapshot now makes the next start fast; the store alone is enough for safety.
+  if (absl::Status s = (*service)->SnapshotAll(); !s.ok()) LogInfo("shutdown snapshot failed: %s", s.ToString());
+  return rc;
 }
 
 }  // namespace shardvec::shard

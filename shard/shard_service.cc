@@ -1,10 +1,92 @@
 #include "shard/shard_service.h"
 
+#include <filesystem>
+
 #include "absl/strings/str_cat.h"
+#include "common/log.h"
 #include "common/status.h"
 #include "common/validate.h"
 
 namespace shardvec::shard {
+
+absl::StatusOr<std::unique_ptr<ShardService>> ShardService::Open(const ShardServiceOptions& options) {
+  if (options.data_dir.empty()) return absl::InvalidArgumentError("--data-dir: a shard needs a data directory");
+  std::error_code ec;
+  const std::filesystem::path root(options.data_dir);
+  std::filesystem::create_directories(root / "snapshots", ec);
+  if (ec) return absl::InternalError(absl::StrCat("--data-dir ", options.data_dir, ": ", ec.message()));
+  absl::StatusOr<std::unique_ptr<RecordStore>> store = RecordStore::Open((root / "records").string());
+  if (!store.ok()) return store.status();
+  std::unique_ptr<ShardService> service(new ShardService(options, *std::move(store)));
+  service->snapshot_dir_ = (root / "snapshots").string();
+  absl::StatusOr<std::vector<store::StoredCollection>> metas = service->store_->LoadCollections();
+  if (!metas.ok()) return metas.status();
+  for (const store::StoredCollection& meta : *metas) {
+    RecoveryStats stats;
+    absl::StatusOr<std::unique_ptr<Collection>> c =
+        Collection::Recover(service->store_.get(), service->snapshot_dir_, meta, &stats);
+    if (!c.ok()) {
+      return absl::Status(c.status().code(),
+                          absl::StrCat("recovering collection ", meta.spec().name(), ": ", c.status().message()));
+    }
+    if (!stats.snapshot_problem.empty()) {
+      LogInfo("collection %s: not using the snapshot (%s); rebuilt from the store", meta.spec().name(),
+              stats.snapshot_problem);
+    }
+    LogInfo("collection %s: recovered %d records in %.3f s (%s, %d ops replayed)", meta.spec().name(), stats.records,
+            absl::ToDoubleSeconds(stats.elapsed), stats.from_snapshot ? "from snapshot" : "rebuilt from the store",
+            stats.replayed_ops);
+    absl::MutexLock lock(&service->mu_);
+    service->collections_[meta.spec().name()] = *std::move(c);
+  }
+  service->snapshotter_ = std::thread([s = service.get()] { s->SnapshotLoop(); });
+  return service;
+}
+
+ShardService::~ShardService() {
+  stop_.Notify();
+  if (snapshotter_.joinable()) snapshotter_.join();
+}
+
+void ShardService::SnapshotLoop() {
+  absl::flat_hash_map<std::string, absl::Time> last;
+  while (!stop_.WaitForNotificationWithTimeout(absl::Seconds(1))) {
+    std::vector<std::shared_ptr<Collection>> all;
+    {
+      absl::ReaderMutexLock lock(&mu_);
+      for (const auto& [name, c] : collections_) all.push_back(c);
+    }
+    for (const auto& c : all) {
+      const uint64_t pending = c->OpsSinceSnapshot();
+      auto [it, inserted] = last.try_emplace(c->spec().name(), absl::Now());
+      if (pending == 0 || (pending < options_.snapshot_after_ops && absl::Now() - it->second < options_.snapshot_interval)) {
+        continue;
+      }
+      const absl::Time start = absl::Now();
+      absl::Status s = c->Snapshot();
+      it->second = absl::Now();
+      if (!s.ok()) {
+        LogInfo("collection %s: snapshot failed: %s", c->spec().name(), s.ToString());
+      } else {
+        LogInfo("collection %s: snapshot of %d writes in %.3f s", c->spec().name(), pending,
+                absl::ToDoubleSeconds(absl::Now() - start));
+      }
+    }
+  }
+}
+
+absl::Status ShardService::SnapshotAll() {
+  std::vector<std::shared_ptr<Collection>> all;
+  {
+    absl::ReaderMutexLock lock(&mu_);
+    for (const auto& [name, c] : collections_) all.push_back(c);
+  }
+  absl::Status result;
+  for (const auto& c : all) {
+    if (absl::Status s = c->Snapshot(); !s.ok() && result.ok()) result = s;
+  }
+  return result;
+}
 
 absl::StatusOr<std::shared_ptr<Collection>> ShardService::Find(const std::string& name) const {
   absl::ReaderMutexLock lock(&mu_);
@@ -19,19 +101,19 @@ grpc::Status ShardService::CreateCollection(grpc::ServerContext*, const v1::Crea
                                             v1::CreateCollectionResponse* resp) {
   v1::CollectionSpec spec = req->spec();
   SHARDVEC_RETURN_IF_ERROR_GRPC(NormalizeCollectionSpec(&spec));
-  absl::MutexLock lock(&mu_);
-  auto it = collections_.find(spec.name());
-  if (it != collections_.end()) {
+  absl::MutexLock admin(&admin_mu_);
+  if (absl::StatusOr<std::shared_ptr<Collection>> existing = Find(spec.name()); existing.ok()) {
     // Idempotent for the router's retries; a different spec is a conflict.
-    if (it->second->spec().SerializeAsString() == spec.SerializeAsString()) {
+    if ((*existing)->spec().SerializeAsString() == spec.SerializeAsString()) {
       *resp->mutable_collection()->mutable_spec() = spec;
       return grpc::Status::OK;
     }
     return ToGrpc(absl::AlreadyExistsError(
         absl::StrCat("name: collection '", spec.name(), "' already exists with a different spec")));
   }
-  absl::StatusOr<std::unique_ptr<Collection>> collection = Collection::Create(spec);
+  absl::StatusOr<std::unique_ptr<Collection>> collection = Collection::Create(store_.get(), snapshot_dir_, spec);
   if (!collection.ok()) return ToGrpc(collection.status());
+  absl::MutexLock lock(&mu_);
   collections_[spec.name()] = *std::move(collection);
   *resp->mutable_collection()->mutable_spec() = spec;
   return grpc::Status::OK;
@@ -39,10 +121,14 @@ grpc::Status ShardService::CreateCollection(grpc::ServerContext*, const v1::Crea
 
 grpc::Status ShardService::DropCollection(grpc::ServerContext*, const v1::DropCollectionRequest* req,
                                           v1::DropCollectionResponse*) {
-  absl::MutexLock lock(&mu_);
-  if (collections_.erase(req->name()) == 0) {
+  absl::MutexLock admin(&admin_mu_);
+  absl::StatusOr<std::shared_ptr<Collection>> c = Find(req->name());
+  if (!c.ok()) {
     return ToGrpc(absl::NotFoundError(absl::StrCat("name: collection '", req->name(), "' does not exist")));
   }
+  SHARDVEC_RETURN_IF_ERROR_GRPC((*c)->Drop());
+  absl::MutexLock lock(&mu_);
+  collections_.erase(req->name());
   return grpc::Status::OK;
 }
 

@@ -1,22 +1,42 @@
-// The shard's gRPC service (proto/shard.proto): a name -> Collection table. Owned by
-// the shard server. Thread-safe: the table has its own lock, held only to look a
-// collection up, so operations on different collections never wait for each other.
+// The shard's gRPC service (proto/shard.proto): a name -> Collection table over one
+// RecordStore. Owned by the shard server. Thread-safe: the table has its own lock,
+// held only to look a collection up, so operations on different collections never
+// wait for each other. A background thread writes index snapshots.
 #ifndef SHARDVEC_SHARD_SHARD_SERVICE_H_
 #define SHARDVEC_SHARD_SHARD_SERVICE_H_
 
 #include <memory>
 #include <string>
+#include <thread>
 
 #include "absl/container/flat_hash_map.h"
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
+#include "absl/synchronization/notification.h"
+#include "absl/time/time.h"
 #include "proto/shard.grpc.pb.h"
 #include "shard/collection.h"
+#include "shard/record_store.h"
 
 namespace shardvec::shard {
 
+struct ShardServiceOptions {
+  std::string data_dir;
+  // A collection is snapshotted when this many writes are pending, or when any are
+  // and this much time has passed since its last snapshot.
+  uint64_t snapshot_after_ops = 500;
+  absl::Duration snapshot_interval = absl::Seconds(60);
+};
+
 class ShardService final : public shardrpc::Shard::Service {
  public:
+  // Opens the store in data_dir and recovers every collection.
+  static absl::StatusOr<std::unique_ptr<ShardService>> Open(const ShardServiceOptions& options);
+  ~ShardService() override;
+
+  // Snapshots every collection with pending writes (at shutdown).
+  absl::Status SnapshotAll();
+
   grpc::Status CreateCollection(grpc::ServerContext* ctx, const v1::CreateCollectionRequest* req,
                                 v1::CreateCollectionResponse* resp) override;
   grpc::Status DropCollection(grpc::ServerContext* ctx, const v1::DropCollectionRequest* req,
@@ -32,11 +52,23 @@ class ShardService final : public shardrpc::Shard::Service {
                      shardrpc::StatsResponse* resp) override;
 
  private:
+  ShardService(ShardServiceOptions options, std::unique_ptr<RecordStore> store)
+      : options_(std::move(options)), store_(std::move(store)) {}
   absl::StatusOr<std::shared_ptr<Collection>> Find(const std::string& name) const;
+  void SnapshotLoop();
+
+  const ShardServiceOptions options_;
+  std::unique_ptr<RecordStore> store_;
+  std::string snapshot_dir_;
 
   mutable absl::Mutex mu_;
   // shared_ptr: a drop may race with operations already holding the collection.
   absl::flat_hash_map<std::string, std::shared_ptr<Collection>> collections_ ABSL_GUARDED_BY(mu_);
+  // Serialises create and drop, which touch the store and the table together.
+  absl::Mutex admin_mu_ ABSL_ACQUIRED_BEFORE(mu_);
+
+  absl::Notification stop_;
+  std::thread snapshotter_;
 };
 
 }  // namespace shardvec::shard

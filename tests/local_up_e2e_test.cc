@@ -57,11 +57,18 @@ TEST(LocalUpE2ETest, ServesStopsOnSigtermAndRestartsWithSameMap) {
   // Every process is gone: the router's and both shards' ports can be bound again.
   for (int p = port; p < port + 3; ++p) EXPECT_TRUE(PortFree(p)) << "port " << p << " still in use";
 
-  // Same data dir: the router reloads its cluster map, so the collection is known.
+  // Same data dir: the router reloads its cluster map and the shards their records.
   std::unique_ptr<ChildProcess> again = Up(port, dir);
   CliResult r = RunShardvec({"--router", router, "collection", "list"});
   ASSERT_EQ(r.exit_code, 0) << r.err;
   EXPECT_THAT(r.out, HasSubstr("demo"));
+  EXPECT_THAT(r.out, HasSubstr("1000 records"));
+  const std::string out = TestDir("local_up_e2e") + "/after.ivecs";
+  r = RunShardvec({"--router", router, "search", "demo", "--queries", base, "--k", "1", "--out", out});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  absl::StatusOr<IntMatrix> ids = ReadIvecs(out);
+  ASSERT_TRUE(ids.ok());
+  for (int i = 0; i < 1000; ++i) ASSERT_EQ(ids->data[i], i) << "each stored vector finds itself after a restart";
   r = RunShardvec({"--router", router, "status"});
   EXPECT_THAT(r.out, HasSubstr("map epoch 2"));
   again->Stop();
