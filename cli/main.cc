@@ -41,7 +41,13 @@ int main(int argc, char** argv) {
   CLI::App* shard_serve = shard->add_subcommand("serve", "Run one shard server in the foreground");
   shard_serve->add_option("--host", shard_opts.host, "Listen address")->capture_default_str();
   shard_serve->add_option("--port", shard_opts.port, "Listen port (0: any free port)")->capture_default_str();
-  shard_serve->add_option("--data-dir", shard_opts.data_dir, "Shard data directory");
+  shard_serve->add_option("--data-dir", shard_opts.data_dir, "Shard data directory (records, snapshots)")->required();
+  shard_serve->add_option("--snapshot-after-ops", shard_opts.snapshot_after_ops,
+                          "Snapshot a collection's index after this many writes")
+      ->capture_default_str();
+  shard_serve->add_option("--snapshot-interval", shard_opts.snapshot_interval_s,
+                          "... or this many seconds after its last snapshot, if it has writes")
+      ->capture_default_str();
 
   shardvec::router::RouterServerOptions router_opts;
   CLI::App* router_cmd = app.add_subcommand("router", "Router server");

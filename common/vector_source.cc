@@ -50,7 +50,8 @@ absl::Status CannotOpen(const std::string& path) {
 
 absl::Status CheckMaxRows(int64_t max_rows) {
   if (max_rows >= 1) return absl::OkStatus();
-  return absl::InvalidArgumentError(absl::StrCat("VectorSource::Next: max_rows must be >= 1, got ", max_rows));
+  return absl::InvalidArgumentError(
+      absl::StrCat("VectorSource::Next: max_rows must be >= 1, got ", max_rows));
 }
 
 // Clears *out and sizes it for `rows` rows starting at `first_row`.
@@ -86,10 +87,14 @@ enum class Elem { kF32, kF64, kF16, kU8, kI8 };
 
 int ElemSize(Elem e) {
   switch (e) {
-    case Elem::kF64: return 8;
-    case Elem::kF32: return 4;
-    case Elem::kF16: return 2;
-    default: return 1;
+    case Elem::kF64:
+      return 8;
+    case Elem::kF32:
+      return 4;
+    case Elem::kF16:
+      return 2;
+    default:
+      return 1;
   }
 }
 
@@ -120,10 +125,18 @@ void Widen(const char* src, int64_t n, float* dst) {
 
 void ToFloat(Elem e, const char* src, int64_t n, float* dst) {
   switch (e) {
-    case Elem::kF32: std::memcpy(dst, src, n * sizeof(float)); break;
-    case Elem::kF64: Widen<double>(src, n, dst); break;
-    case Elem::kU8: Widen<uint8_t>(src, n, dst); break;
-    case Elem::kI8: Widen<int8_t>(src, n, dst); break;
+    case Elem::kF32:
+      std::memcpy(dst, src, n * sizeof(float));
+      break;
+    case Elem::kF64:
+      Widen<double>(src, n, dst);
+      break;
+    case Elem::kU8:
+      Widen<uint8_t>(src, n, dst);
+      break;
+    case Elem::kI8:
+      Widen<int8_t>(src, n, dst);
+      break;
     case Elem::kF16:
       for (int64_t i = 0; i < n; ++i) {
         uint16_t h;
@@ -149,17 +162,20 @@ struct DenseLayout {
 absl::Status CheckDenseSize(const std::string& path, const DenseLayout& l, int64_t size) {
   const int64_t row_bytes = int64_t{l.dim} * ElemSize(l.elem);
   if (l.rows > (std::numeric_limits<int64_t>::max() - l.offset) / row_bytes) {
-    return HeaderError(path, absl::StrFormat("the header's %d rows of dim %d overflow a file size", l.rows, l.dim));
+    return HeaderError(path,
+                       absl::StrFormat("the header's %d rows of dim %d overflow a file size", l.rows, l.dim));
   }
   const int64_t expected = l.offset + l.rows * row_bytes;
   if (size == expected) return absl::OkStatus();
-  const std::string says = absl::StrFormat("the header says %d rows of dim %d (%d bytes with the %d-byte header)",
-                                           l.rows, l.dim, expected, l.offset);
+  const std::string says =
+      absl::StrFormat("the header says %d rows of dim %d (%d bytes with the %d-byte header)", l.rows, l.dim,
+                      expected, l.offset);
   const int64_t body = size - l.offset;
   if (size > expected) {
-    return HeaderError(path, absl::StrFormat("%s but the file has %d bytes, %d too many: the header is wrong or the "
-                                             "file has trailing data",
-                                             says, size, size - expected));
+    return HeaderError(
+        path, absl::StrFormat("%s but the file has %d bytes, %d too many: the header is wrong or the "
+                              "file has trailing data",
+                              says, size, size - expected));
   }
   if (body % row_bytes != 0) {
     return RowError(path, body / row_bytes,
@@ -219,7 +235,8 @@ class DenseSource : public VectorSource {
 };
 
 // .fbin / .u8bin / .i8bin: int32 n, int32 d, then the rows.
-absl::StatusOr<std::unique_ptr<VectorSource>> OpenBin(const std::string& path, const char* format, Elem elem) {
+absl::StatusOr<std::unique_ptr<VectorSource>> OpenBin(const std::string& path, const char* format,
+                                                      Elem elem) {
   absl::StatusOr<FilePtr> file = OpenFile(path);
   if (!file.ok()) return file.status();
   int32_t header[2];
@@ -227,7 +244,8 @@ absl::StatusOr<std::unique_ptr<VectorSource>> OpenBin(const std::string& path, c
     return HeaderError(path, absl::StrFormat("the file has %d bytes, fewer than the 8-byte header (n, d)",
                                              FileSize(file->get())));
   }
-  if (header[0] < 0) return HeaderError(path, absl::StrFormat("header row count n=%d is negative", header[0]));
+  if (header[0] < 0)
+    return HeaderError(path, absl::StrFormat("header row count n=%d is negative", header[0]));
   if (header[1] < 1 || header[1] > kMaxDim) {
     return HeaderError(path, absl::StrFormat("header dimension d=%d is not plausible", header[1]));
   }
@@ -252,7 +270,8 @@ std::optional<std::string> NpyField(const std::string& header, const std::string
     if (end == std::string::npos) return std::nullopt;
     return header.substr(pos + 1, end - pos - 1);
   }
-  const size_t end = (c == '(' || c == '[') ? header.find(c == '(' ? ')' : ']', pos) + 1 : header.find_first_of(",}", pos);
+  const size_t end =
+      (c == '(' || c == '[') ? header.find(c == '(' ? ')' : ']', pos) + 1 : header.find_first_of(",}", pos);
   if (end == std::string::npos || end == 0) return std::nullopt;
   return std::string(absl::StripAsciiWhitespace(header.substr(pos, end - pos)));
 }
@@ -260,7 +279,8 @@ std::optional<std::string> NpyField(const std::string& header, const std::string
 // Parses "(3, 4)" (or "(3L, 4L)" from Python 2).
 bool ParseNpyShape(const std::string& text, std::vector<int64_t>* shape) {
   if (text.size() < 2 || text.front() != '(' || text.back() != ')') return false;
-  for (absl::string_view part : absl::StrSplit(text.substr(1, text.size() - 2), ',', absl::SkipWhitespace())) {
+  for (absl::string_view part :
+       absl::StrSplit(text.substr(1, text.size() - 2), ',', absl::SkipWhitespace())) {
     part = absl::StripAsciiWhitespace(part);
     absl::ConsumeSuffix(&part, "L");
     int64_t v;
@@ -278,7 +298,8 @@ absl::StatusOr<Elem> NpyElem(const std::string& path, const std::string& descr) 
   if (descr == "|i1") return Elem::kI8;
   if (absl::StartsWith(descr, ">")) {
     return HeaderError(path, absl::StrFormat("dtype '%s' is big-endian; only little-endian is supported "
-                                             "(save a.astype('<f4'))", descr));
+                                             "(save a.astype('<f4'))",
+                                             descr));
   }
   return HeaderError(path, absl::StrFormat("dtype '%s' is not supported; expected '<f4' (float32), or '<f8', "
                                            "'<f2', '|u1', '|i1' (converted to float32)",
@@ -297,9 +318,11 @@ absl::StatusOr<DenseLayout> ReadNpyHeader(const std::string& path, std::FILE* f)
   }
   const int len_bytes = major == 1 ? 2 : 4;
   unsigned char len[4] = {0, 0, 0, 0};
-  if (std::fread(len, 1, len_bytes, f) != static_cast<size_t>(len_bytes)) return HeaderError(path, "truncated header");
+  if (std::fread(len, 1, len_bytes, f) != static_cast<size_t>(len_bytes))
+    return HeaderError(path, "truncated header");
   const uint32_t header_len = len[0] | len[1] << 8 | len[2] << 16 | uint32_t{len[3]} << 24;
-  if (header_len > (1u << 20)) return HeaderError(path, absl::StrFormat("header length %d is implausible", header_len));
+  if (header_len > (1u << 20))
+    return HeaderError(path, absl::StrFormat("header length %d is implausible", header_len));
   std::string header(header_len, '\0');
   if (std::fread(header.data(), 1, header_len, f) != header_len) return HeaderError(path, "truncated header");
 
@@ -308,23 +331,27 @@ absl::StatusOr<DenseLayout> ReadNpyHeader(const std::string& path, std::FILE* f)
   const std::optional<std::string> shape_text = NpyField(header, "shape");
   std::vector<int64_t> shape;
   if (!descr || !fortran || !shape_text || !ParseNpyShape(*shape_text, &shape)) {
-    return HeaderError(path, absl::StrCat("cannot parse the header dict: ", absl::StripAsciiWhitespace(header)));
+    return HeaderError(path,
+                       absl::StrCat("cannot parse the header dict: ", absl::StripAsciiWhitespace(header)));
   }
   if (absl::StartsWith(*descr, "[")) return HeaderError(path, "structured dtypes are not supported");
   absl::StatusOr<Elem> elem = NpyElem(path, *descr);
   if (!elem.ok()) return elem.status();
   if (*fortran != "False") {
     return HeaderError(path, absl::StrFormat("fortran_order is %s; save a C-order array "
-                                             "(np.ascontiguousarray)", *fortran));
+                                             "(np.ascontiguousarray)",
+                                             *fortran));
   }
   if (shape.size() != 2) {
-    return HeaderError(path, absl::StrFormat("shape %s has %d dimensions; expected 2 (rows, dim)", *shape_text,
-                                             shape.size()));
+    return HeaderError(path, absl::StrFormat("shape %s has %d dimensions; expected 2 (rows, dim)",
+                                             *shape_text, shape.size()));
   }
   if (shape[1] < 1 || shape[1] > kMaxDim) {
-    return HeaderError(path, absl::StrFormat("shape %s: dimension %d is not plausible", *shape_text, shape[1]));
+    return HeaderError(path,
+                       absl::StrFormat("shape %s: dimension %d is not plausible", *shape_text, shape[1]));
   }
-  return DenseLayout{"npy", *elem, 6 + 2 + len_bytes + int64_t{header_len}, shape[0], static_cast<int>(shape[1])};
+  return DenseLayout{"npy", *elem, 6 + 2 + len_bytes + int64_t{header_len}, shape[0],
+                     static_cast<int>(shape[1])};
 }
 
 absl::StatusOr<std::unique_ptr<VectorSource>> OpenNpy(const std::string& path) {
@@ -393,8 +420,8 @@ class BvecsSource : public VectorSource {
     if (!s.ok()) return s;
     const int64_t n = std::min(max_rows, total_rows_ - row_);
     if (n == 0 && tail_bytes_ != 0) {
-      return RowError(path_, row_, absl::StrFormat("truncated: %d bytes left, a row takes %d", tail_bytes_,
-                                                   row_bytes()));
+      return RowError(path_, row_,
+                      absl::StrFormat("truncated: %d bytes left, a row takes %d", tail_bytes_, row_bytes()));
     }
     StartBatch(row_, n, dim_, out);
     scratch_.resize(n * row_bytes());
@@ -407,7 +434,8 @@ class BvecsSource : public VectorSource {
       int32_t d;
       std::memcpy(&d, src, sizeof(d));
       if (d != dim_) {
-        return RowError(path_, row_ + i, absl::StrFormat("dimension %d differs from the first row's %d", d, dim_));
+        return RowError(path_, row_ + i,
+                        absl::StrFormat("dimension %d differs from the first row's %d", d, dim_));
       }
       ToFloat(Elem::kU8, src + sizeof(d), dim_, out->vectors.data.data() + i * dim_);
     }
@@ -480,10 +508,14 @@ std::vector<std::string> RootNames(hid_t file) {
 
 const char* H5ClassName(H5T_class_t c) {
   switch (c) {
-    case H5T_INTEGER: return "integers";
-    case H5T_STRING: return "strings";
-    case H5T_COMPOUND: return "compound records";
-    default: return "a non-float type";
+    case H5T_INTEGER:
+      return "integers";
+    case H5T_STRING:
+      return "strings";
+    case H5T_COMPOUND:
+      return "compound records";
+    default:
+      return "a non-float type";
   }
 }
 
@@ -505,7 +537,8 @@ class Hdf5Source : public VectorSource {
     const hsize_t count[2] = {static_cast<hsize_t>(n), static_cast<hsize_t>(dim_)};
     H5Id memory(H5Screate_simple(2, count, nullptr), H5Sclose);
     // HDF5 converts float64 (or float16) storage to the float32 memory type.
-    if (!memory.ok() || H5Sselect_hyperslab(space_.get(), H5S_SELECT_SET, start, nullptr, count, nullptr) < 0 ||
+    if (!memory.ok() ||
+        H5Sselect_hyperslab(space_.get(), H5S_SELECT_SET, start, nullptr, count, nullptr) < 0 ||
         H5Dread(dataset_.get(), H5T_NATIVE_FLOAT, memory.get(), space_.get(), H5P_DEFAULT,
                 out->vectors.data.data()) < 0) {
       return RowError(path_, row_, absl::StrCat("HDF5 read failed: ", H5ErrorText()));
@@ -532,8 +565,10 @@ class Hdf5Source : public VectorSource {
   int64_t row_ = 0;
 };
 
-absl::StatusOr<std::unique_ptr<VectorSource>> Hdf5Source::Open(const std::string& path, const std::string& name) {
-  if (absl::StatusOr<FilePtr> probe = OpenFile(path); !probe.ok()) return probe.status();  // NOT_FOUND + errno
+absl::StatusOr<std::unique_ptr<VectorSource>> Hdf5Source::Open(const std::string& path,
+                                                               const std::string& name) {
+  if (absl::StatusOr<FilePtr> probe = OpenFile(path); !probe.ok())
+    return probe.status();                      // NOT_FOUND + errno
   H5Eset_auto2(H5E_DEFAULT, nullptr, nullptr);  // errors come back as Status, not on stderr
   if (H5Fis_hdf5(path.c_str()) <= 0) return HeaderError(path, "not an HDF5 file");
   H5Id file(H5Fopen(path.c_str(), H5F_ACC_RDONLY, H5P_DEFAULT), H5Fclose);
@@ -547,31 +582,34 @@ absl::StatusOr<std::unique_ptr<VectorSource>> Hdf5Source::Open(const std::string
   H5Id type(H5Dget_type(dataset.get()), H5Tclose);
   const H5T_class_t type_class = H5Tget_class(type.get());
   if (type_class != H5T_FLOAT) {
-    return HeaderError(path, absl::StrFormat("dataset \"%s\" holds %s, not float vectors", name,
-                                             H5ClassName(type_class)));
+    return HeaderError(
+        path, absl::StrFormat("dataset \"%s\" holds %s, not float vectors", name, H5ClassName(type_class)));
   }
   H5Id space(H5Dget_space(dataset.get()), H5Sclose);
   hsize_t dims[2] = {0, 0};
   const int ndims = H5Sget_simple_extent_ndims(space.get());
   if (ndims != 2 || H5Sget_simple_extent_dims(space.get(), dims, nullptr) != 2) {
-    return HeaderError(path, absl::StrFormat("dataset \"%s\" has %d dimensions; expected 2 (rows, dim)", name, ndims));
+    return HeaderError(
+        path, absl::StrFormat("dataset \"%s\" has %d dimensions; expected 2 (rows, dim)", name, ndims));
   }
   if (dims[1] < 1 || dims[1] > static_cast<hsize_t>(kMaxDim)) {
     return HeaderError(path, absl::StrFormat("dataset \"%s\": dimension %d is not plausible", name, dims[1]));
   }
-  return std::unique_ptr<VectorSource>(new Hdf5Source(path, std::move(file), std::move(dataset), std::move(space),
-                                                      static_cast<int64_t>(dims[0]), static_cast<int>(dims[1])));
+  return std::unique_ptr<VectorSource>(new Hdf5Source(path, std::move(file), std::move(dataset),
+                                                      std::move(space), static_cast<int64_t>(dims[0]),
+                                                      static_cast<int>(dims[1])));
 }
 
-absl::StatusOr<std::unique_ptr<VectorSource>> OpenHdf5(const std::string& path, const SourceOptions& options) {
+absl::StatusOr<std::unique_ptr<VectorSource>> OpenHdf5(const std::string& path,
+                                                       const SourceOptions& options) {
   return Hdf5Source::Open(path, options.hdf5_dataset);
 }
 
 #else
 
 absl::StatusOr<std::unique_ptr<VectorSource>> OpenHdf5(const std::string& path, const SourceOptions&) {
-  return absl::UnimplementedError(absl::StrCat(
-      path, ": this build has no HDF5 support (portable build); convert to .fbin or .npy"));
+  return absl::UnimplementedError(
+      absl::StrCat(path, ": this build has no HDF5 support (portable build); convert to .fbin or .npy"));
 }
 
 #endif  // SHARDVEC_HAVE_HDF5
@@ -581,7 +619,7 @@ absl::StatusOr<std::unique_ptr<VectorSource>> OpenHdf5(const std::string& path, 
 struct JsonRow {
   std::vector<float> vector;
   std::optional<uint64_t> id;
-  std::string text;                               // "" = none
+  std::string text;                             // "" = none
   std::map<std::string, std::string> metadata;  // empty = none
 };
 
@@ -595,11 +633,13 @@ std::string JsonMessage(const nlohmann::json::exception& e) {
 }
 
 absl::Status ParseVector(const nlohmann::json& v, std::vector<float>* out) {
-  if (!v.is_array() || v.empty()) return absl::InvalidArgumentError("\"vector\" must be a non-empty array of numbers");
+  if (!v.is_array() || v.empty())
+    return absl::InvalidArgumentError("\"vector\" must be a non-empty array of numbers");
   out->clear();
   for (const nlohmann::json& x : v) {
     if (!x.is_number()) {
-      return absl::InvalidArgumentError(absl::StrFormat("vector[%d] is %s, not a number", out->size(), x.dump()));
+      return absl::InvalidArgumentError(
+          absl::StrFormat("vector[%d] is %s, not a number", out->size(), x.dump()));
     }
     out->push_back(x.get<float>());
   }
@@ -608,7 +648,8 @@ absl::Status ParseVector(const nlohmann::json& v, std::vector<float>* out) {
 
 absl::StatusOr<uint64_t> ParseId(const nlohmann::json& v) {
   // nlohmann stores every non-negative integer literal as unsigned.
-  if (v.is_number_unsigned() && v.get<uint64_t>() != std::numeric_limits<uint64_t>::max()) return v.get<uint64_t>();
+  if (v.is_number_unsigned() && v.get<uint64_t>() != std::numeric_limits<uint64_t>::max())
+    return v.get<uint64_t>();
   if (v.is_number_integer() && !v.is_number_unsigned()) {
     if (v.get<int64_t>() >= 0) return static_cast<uint64_t>(v.get<int64_t>());  // "-0"
     return absl::InvalidArgumentError(absl::StrCat("id ", v.dump(), " is negative"));
@@ -637,7 +678,8 @@ absl::Status ParseMetadata(const nlohmann::json& v, std::map<std::string, std::s
 absl::Status ParseJsonRow(const std::string& line, JsonRow* row) {
   try {
     const nlohmann::json j = nlohmann::json::parse(line);
-    if (!j.is_object()) return absl::InvalidArgumentError(absl::StrCat("not a JSON object but ", j.type_name()));
+    if (!j.is_object())
+      return absl::InvalidArgumentError(absl::StrCat("not a JSON object but ", j.type_name()));
     for (const auto& item : j.items()) {
       const std::string& key = item.key();
       if (key != "id" && key != "vector" && key != "text" && key != "metadata") {
@@ -746,9 +788,9 @@ class JsonlSource : public VectorSource {
           absl::StrFormat("vector has %d components; the first row's has %d", n, dim_));
     }
     if (row.id.has_value() != has_ids_) {
-      return absl::InvalidArgumentError(absl::StrFormat(
-          "%s \"id\" but row 0 %s; either every row has an id or none does",
-          has_ids_ ? "has no" : "has an", has_ids_ ? "has one" : "has none"));
+      return absl::InvalidArgumentError(
+          absl::StrFormat("%s \"id\" but row 0 %s; either every row has an id or none does",
+                          has_ids_ ? "has no" : "has an", has_ids_ ? "has one" : "has none"));
     }
     return absl::OkStatus();
   }
@@ -762,7 +804,6 @@ class JsonlSource : public VectorSource {
   JsonRow pending_;   // read but not yet returned: the first row, read by Open
   bool has_pending_ = false;
 };
-
 
 using Opener = absl::StatusOr<std::unique_ptr<VectorSource>> (*)(const std::string&, const SourceOptions&);
 
@@ -793,8 +834,8 @@ absl::StatusOr<std::unique_ptr<VectorSource>> VectorSource::Open(const std::stri
     if (absl::EndsWith(lower, f.extension)) return f.open(path, options);
     known.push_back(f.extension);
   }
-  return absl::InvalidArgumentError(absl::StrCat(path, ": unknown vector file extension; expected one of ",
-                                                 absl::StrJoin(known, " ")));
+  return absl::InvalidArgumentError(
+      absl::StrCat(path, ": unknown vector file extension; expected one of ", absl::StrJoin(known, " ")));
 }
 
 }  // namespace shardvec

@@ -44,10 +44,10 @@
 namespace shardvec {
 
 struct SourceBatch {
-  int64_t first_row = 0;            // row number of vectors.row(0) in the file
-  FloatMatrix vectors;              // rows x dim, float32
-  std::vector<uint64_t> ids;        // empty: the caller uses row numbers
-  std::vector<std::string> texts;   // empty, or one payload text per row ("" = none)
+  int64_t first_row = 0;                                     // row number of vectors.row(0) in the file
+  FloatMatrix vectors;                                       // rows x dim, float32
+  std::vector<uint64_t> ids;                                 // empty: the caller uses row numbers
+  std::vector<std::string> texts;                            // empty, or one payload text per row ("" = none)
   std::vector<std::map<std::string, std::string>> metadata;  // empty, or one per row
 };
 

@@ -120,7 +120,8 @@ void ExpectError(const std::string& path, absl::StatusCode code, const std::stri
 TEST(VectorSourceTest, UnknownExtensionListsFormats) {
   const std::string path = TempPath("vectors.csv");
   WriteBytes(path, "1,2,3\n");
-  ExpectError(path, absl::StatusCode::kInvalidArgument, ".fvecs .bvecs .fbin .u8bin .i8bin .npy .hdf5 .h5 .jsonl");
+  ExpectError(path, absl::StatusCode::kInvalidArgument,
+              ".fvecs .bvecs .fbin .u8bin .i8bin .npy .hdf5 .h5 .jsonl");
 }
 
 TEST(VectorSourceTest, MissingFileIsNotFound) {
@@ -304,7 +305,8 @@ TEST(VectorSourceTest, NpyVersion3Float16IsConverted) {
   // 1, -2, 0.5, the smallest subnormal 2^-24, 65504 (the largest half), +inf.
   const std::vector<uint16_t> halves = {0x3c00, 0xc000, 0x3800, 0x0001, 0x7bff, 0x7c00};
   WriteNpy(path, "<f2", false, "(2L, 3L)", Raw(halves), /*major=*/3);
-  ExpectReads(path, 3, {1.0f, -2.0f, 0.5f, std::ldexp(1.0f, -24), 65504.0f, std::numeric_limits<float>::infinity()});
+  ExpectReads(path, 3,
+              {1.0f, -2.0f, 0.5f, std::ldexp(1.0f, -24), 65504.0f, std::numeric_limits<float>::infinity()});
 }
 
 TEST(VectorSourceTest, NpyUint8IsConverted) {
@@ -333,8 +335,8 @@ TEST(VectorSourceTest, NpyRefusesWhatItCannotRead) {
 
 #ifdef SHARDVEC_HAVE_HDF5
 
-void WriteDataset(hid_t file, const char* name, hid_t file_type, hid_t memory_type, hsize_t rows, hsize_t cols,
-                  const void* data, bool chunked) {
+void WriteDataset(hid_t file, const char* name, hid_t file_type, hid_t memory_type, hsize_t rows,
+                  hsize_t cols, const void* data, bool chunked) {
   const hsize_t dims[2] = {rows, cols};
   const hsize_t chunk[2] = {4, cols};
   hid_t space = H5Screate_simple(2, dims, nullptr);
@@ -381,8 +383,8 @@ TEST(VectorSourceTest, Hdf5Errors) {
   WriteAnnBenchmarksFile(path);
   SourceOptions options;
   options.hdf5_dataset = "learn";
-  ExpectError(path, absl::StatusCode::kInvalidArgument, "no dataset \"learn\"; the file has: neighbors, test, train",
-              options);
+  ExpectError(path, absl::StatusCode::kInvalidArgument,
+              "no dataset \"learn\"; the file has: neighbors, test, train", options);
   options.hdf5_dataset = "neighbors";
   ExpectError(path, absl::StatusCode::kInvalidArgument, "dataset \"neighbors\" holds integers", options);
 
@@ -421,8 +423,8 @@ TEST(VectorSourceTest, JsonlWithIdsTextsAndMetadata) {
     EXPECT_EQ(got->data, (std::vector<float>{1, 2.5f, -3, 0, 0, 0, 4, 5, 6, 0.1f, 0, 0}));
     EXPECT_THAT(got->ids, ElementsAre(5, 18446744073709551614ull, 7, 0));
     EXPECT_THAT(got->texts, ElementsAre("hello", "", "", ""));
-    EXPECT_THAT(got->metadata, ElementsAre(Metadata{{"b", "true"}, {"k", "v"}, {"n", "2.5"}}, Metadata(), Metadata(),
-                                           Metadata{{"x", "y"}}));
+    EXPECT_THAT(got->metadata, ElementsAre(Metadata{{"b", "true"}, {"k", "v"}, {"n", "2.5"}}, Metadata(),
+                                           Metadata(), Metadata{{"x", "y"}}));
   }
   auto source = VectorSource::Open(path);
   ASSERT_TRUE(source.ok());
@@ -462,7 +464,8 @@ TEST(VectorSourceTest, JsonlErrorsNameTheRow) {
        "row 1: has no \"id\" but row 0 has one; either every row has an id or none does"},
       {"{\"vector\": [1, 2]}\n{\"id\": 1, \"vector\": [1, 2]}\n", "row 1: has an \"id\" but row 0 has none"},
       {"{\"id\": -3, \"vector\": [1, 2]}\n", "row 0: id -3 is negative"},
-      {"{\"id\": 18446744073709551615, \"vector\": [1, 2]}\n", "row 0: id 18446744073709551615 is not an integer"},
+      {"{\"id\": 18446744073709551615, \"vector\": [1, 2]}\n",
+       "row 0: id 18446744073709551615 is not an integer"},
       {"{\"id\": 1.5, \"vector\": [1, 2]}\n", "row 0: id 1.5 is not an integer"},
       {"{\"id\": \"7\", \"vector\": [1, 2]}\n", "row 0: id \"7\" is not an integer"},
       {"{\"vector\": []}\n", "row 0: \"vector\" must be a non-empty array"},
@@ -502,7 +505,8 @@ TEST(VectorSourceTest, LargeFbinInBatches) {
     if (batch.vectors.rows == 0) break;
     ASSERT_EQ(batch.first_row, rows);
     for (int64_t i = 0; i < batch.vectors.rows; ++i) {
-      for (int j = 0; j < kDim; ++j) wrong += batch.vectors.row(i)[j] != static_cast<float>(rows + i) + 0.25f * j;
+      for (int j = 0; j < kDim; ++j)
+        wrong += batch.vectors.row(i)[j] != static_cast<float>(rows + i) + 0.25f * j;
     }
     rows += batch.vectors.rows;
   }

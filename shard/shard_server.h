@@ -11,6 +11,9 @@ struct ShardServerOptions {
   int port = 0;  // 0: any free port
   // Created if missing; holds the shard's durable state.
   std::string data_dir;
+  // Snapshot policy (ShardServiceOptions).
+  uint64_t snapshot_after_ops = 500;
+  double snapshot_interval_s = 60;
 };
 
 // Prints "shardvec-shard ready on HOST:PORT" on stdout once serving. Returns the

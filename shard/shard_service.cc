@@ -50,7 +50,7 @@ ShardService::~ShardService() {
 
 void ShardService::SnapshotLoop() {
   absl::flat_hash_map<std::string, absl::Time> last;
-  while (!stop_.WaitForNotificationWithTimeout(absl::Seconds(1))) {
+  while (!stop_.WaitForNotificationWithTimeout(absl::Milliseconds(200))) {
     std::vector<std::shared_ptr<Collection>> all;
     {
       absl::ReaderMutexLock lock(&mu_);

@@ -117,13 +117,21 @@ FloatMatrix RandomVectors(int64_t rows, int dim, uint32_t seed) {
   return m;
 }
 
-absl::StatusOr<std::unique_ptr<TestCluster>> TestCluster::Start(int num_shards, const std::string& data_dir) {
+absl::StatusOr<std::unique_ptr<ChildProcess>> TestCluster::StartShard(int i, const std::string& port) const {
+  std::vector<std::string> argv = {ShardvecBinary(), "shard", "serve", "--port", port, "--data-dir", shard_dirs_[i]};
+  argv.insert(argv.end(), shard_args_.begin(), shard_args_.end());
+  return ChildProcess::Start(argv, absl::StrCat(data_dir_, "/shard-", i, ".log"));
+}
+
+absl::StatusOr<std::unique_ptr<TestCluster>> TestCluster::Start(int num_shards, const std::string& data_dir,
+                                                                const std::vector<std::string>& shard_args) {
   std::unique_ptr<TestCluster> c(new TestCluster());
   const std::string binary = ShardvecBinary();
+  c->data_dir_ = data_dir;
+  c->shard_args_ = shard_args;
   for (int i = 0; i < num_shards; ++i) {
-    const std::string dir = absl::StrCat(data_dir, "/shard-", i);
-    auto child = ChildProcess::Start({binary, "shard", "serve", "--port", "0", "--data-dir", dir},
-                                     absl::StrCat(data_dir, "/shard-", i, ".log"));
+    c->shard_dirs_.push_back(absl::StrCat(data_dir, "/shard-", i));
+    auto child = c->StartShard(i, "0");
     if (!child.ok()) return child.status();
     c->shards_.push_back(*std::move(child));
   }
@@ -142,6 +150,15 @@ absl::StatusOr<std::unique_ptr<TestCluster>> TestCluster::Start(int num_shards, 
   if (!line.ok()) return line.status();
   c->router_address_ = AddressOf(*line);
   return c;
+}
+
+absl::Status TestCluster::RestartShard(int i) {
+  shards_[i]->Stop();
+  const std::string port = shard_addresses_[i].substr(shard_addresses_[i].rfind(':') + 1);
+  auto child = StartShard(i, port);
+  if (!child.ok()) return child.status();
+  shards_[i] = *std::move(child);
+  return shards_[i]->WaitForLine("ready", kStartTimeout).status();
 }
 
 std::unique_ptr<v1::ShardVec::Stub> TestCluster::Client() const {

@@ -49,20 +49,30 @@ FloatMatrix RandomVectors(int64_t rows, int dim, uint32_t seed);
 
 class TestCluster {
  public:
-  static absl::StatusOr<std::unique_ptr<TestCluster>> Start(int num_shards, const std::string& data_dir);
+  // `shard_args` are added to every `shardvec shard serve` command line.
+  static absl::StatusOr<std::unique_ptr<TestCluster>> Start(int num_shards, const std::string& data_dir,
+                                                            const std::vector<std::string>& shard_args = {});
 
   const std::string& router_address() const { return router_address_; }
   const std::string& shard_address(int i) const { return shard_addresses_[i]; }
   ChildProcess* shard(int i) { return shards_[i].get(); }
   ChildProcess* router() { return router_.get(); }
+  const std::string& shard_data_dir(int i) const { return shard_dirs_[i]; }
+  // Starts shard i again on its address and data directory (after it was stopped
+  // or killed) and waits until it serves.
+  absl::Status RestartShard(int i);
   std::unique_ptr<v1::ShardVec::Stub> Client() const;
   // `shardvec --router ADDRESS args...`
   CliResult Cli(const std::vector<std::string>& args) const;
 
  private:
   TestCluster() = default;
+  absl::StatusOr<std::unique_ptr<ChildProcess>> StartShard(int i, const std::string& port) const;
   std::vector<std::unique_ptr<ChildProcess>> shards_;
   std::vector<std::string> shard_addresses_;
+  std::vector<std::string> shard_dirs_;
+  std::string data_dir_;
+  std::vector<std::string> shard_args_;
   std::unique_ptr<ChildProcess> router_;
   std::string router_address_;
 };
