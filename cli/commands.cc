@@ -21,7 +21,9 @@
 #include "common/server_util.h"
 #include "common/stats.h"
 #include "common/status.h"
+#include "common/validate.h"
 #include "common/vecs_io.h"
+#include "common/vector_source.h"
 #include "proto/shardvec.grpc.pb.h"
 
 namespace shardvec::cli {
@@ -66,7 +68,15 @@ class Progress {
   void Update(int64_t done) {
     const double secs = absl::ToDoubleSeconds(absl::Now() - start_);
     const double rate = secs > 0 ? done / secs : 0;
-    const double frac = total_ > 0 ? static_cast<double>(done) / total_ : 1;
+    if (total_ <= 0) {  // length unknown until read (JSONL)
+      if (done - last_reported_ >= 100000 || done == 0) {
+        last_reported_ = done;
+        std::fprintf(stderr, tty_ ? "\r%lld vectors  %.0f vectors/s " : "ingest: %lld vectors %.0f vectors/s\n",
+                     static_cast<long long>(done), rate);
+      }
+      return;
+    }
+    const double frac = static_cast<double>(done) / total_;
     const double eta = rate > 0 ? (total_ - done) / rate : 0;
     if (tty_) {
       const int width = 30;
@@ -91,45 +101,7 @@ class Progress {
   const bool tty_;
   const absl::Time start_;
   int last_decile_ = -1;
-};
-
-// A bounded FIFO between the file reader and the sender threads: it is what keeps
-// ingestion memory flat whatever the file's size.
-template <typename T>
-class BoundedQueue {
- public:
-  explicit BoundedQueue(size_t capacity) : capacity_(capacity) {}
-
-  // False once closed.
-  bool Push(T item) {
-    absl::MutexLock lock(&mu_);
-    mu_.Await(absl::Condition(
-        +[](BoundedQueue* q) { return q->closed_ || q->items_.size() < q->capacity_; }, this));
-    if (closed_) return false;
-    items_.push_back(std::move(item));
-    return true;
-  }
-
-  // False when closed and drained.
-  bool Pop(T* item) {
-    absl::MutexLock lock(&mu_);
-    mu_.Await(absl::Condition(+[](BoundedQueue* q) { return q->closed_ || !q->items_.empty(); }, this));
-    if (items_.empty()) return false;
-    *item = std::move(items_.front());
-    items_.pop_front();
-    return true;
-  }
-
-  void Close() {
-    absl::MutexLock lock(&mu_);
-    closed_ = true;
-  }
-
- private:
-  absl::Mutex mu_;
-  const size_t capacity_;
-  std::deque<T> items_ ABSL_GUARDED_BY(mu_);
-  bool closed_ ABSL_GUARDED_BY(mu_) = false;
+  int64_t last_reported_ = 0;
 };
 
 absl::StatusOr<FloatMatrix> ReadQueries(const std::string& path) { return ReadFvecs(path); }
@@ -227,85 +199,152 @@ int DropCollection(const std::string& router, const std::string& name) {
   return 0;
 }
 
+namespace {
+
+// A uniform random sample of up to `size` rows of the source (reservoir sampling,
+// fixed seed so that a load is reproducible), read in one pass with bounded memory.
+absl::StatusOr<FloatMatrix> SampleRows(VectorSource* source, int64_t size) {
+  std::mt19937_64 rng(42);
+  FloatMatrix sample{0, source->dim(), {}};
+  SourceBatch batch;
+  int64_t seen = 0;
+  while (true) {
+    if (absl::Status s = source->Next(8192, &batch); !s.ok()) return s;
+    if (batch.vectors.rows == 0) break;
+    for (int64_t i = 0; i < batch.vectors.rows; ++i, ++seen) {
+      const float* row = batch.vectors.row(i);
+      if (sample.rows < size) {
+        sample.data.insert(sample.data.end(), row, row + sample.dim);
+        ++sample.rows;
+        continue;
+      }
+      const uint64_t j = rng() % static_cast<uint64_t>(seen + 1);
+      if (j < static_cast<uint64_t>(size)) std::copy(row, row + sample.dim, sample.data.begin() + j * sample.dim);
+    }
+  }
+  return sample;
+}
+
+absl::Status TrainOnSample(Stub* stub, const std::string& collection, const FloatMatrix& sample) {
+  v1::TrainResponse resp;
+  grpc::ClientContext ctx;
+  SetDeadline(&ctx, absl::Minutes(30));
+  std::unique_ptr<grpc::ClientWriter<v1::TrainRequest>> writer = stub->Train(&ctx, &resp);
+  for (int64_t begin = 0; begin < sample.rows; begin += 4096) {
+    v1::TrainRequest msg;
+    msg.set_collection(collection);
+    for (int64_t i = begin; i < std::min(sample.rows, begin + 4096); ++i) {
+      msg.add_samples()->mutable_values()->Add(sample.row(i), sample.row(i) + sample.dim);
+    }
+    if (!writer->Write(msg)) break;
+  }
+  writer->WritesDone();
+  if (grpc::Status s = writer->Finish(); !s.ok()) return FromGrpc(s);
+  std::printf("trained %s on %llu sampled vectors, installed on %u shards\n", collection.c_str(),
+              static_cast<unsigned long long>(resp.samples()), resp.shards());
+  return absl::OkStatus();
+}
+
+// Fills `msg` with the batch's records; ids from the batch, the ids file, or row numbers.
+absl::Status ToRecords(const SourceBatch& batch, IvecsReader* ids, const std::string& ids_path,
+                       v1::IngestRequest* msg) {
+  IntMatrix id_rows;
+  if (ids != nullptr) {
+    if (absl::Status s = ids->Next(batch.vectors.rows, &id_rows); !s.ok()) return s;
+    if (id_rows.rows != batch.vectors.rows) {
+      return absl::InvalidArgumentError(absl::StrFormat("%s: ends at row %d, before the vectors do", ids_path,
+                                                        batch.first_row + id_rows.rows));
+    }
+  }
+  msg->mutable_records()->Reserve(static_cast<int>(batch.vectors.rows));
+  for (int64_t i = 0; i < batch.vectors.rows; ++i) {
+    v1::Record* r = msg->add_records();
+    if (ids != nullptr) {
+      if (id_rows.data[i] < 0) {
+        return absl::InvalidArgumentError(
+            absl::StrFormat("%s: row %d: negative id %d", ids_path, batch.first_row + i, id_rows.data[i]));
+      }
+      r->set_id(static_cast<uint64_t>(id_rows.data[i]));
+    } else {
+      r->set_id(batch.ids.empty() ? static_cast<uint64_t>(batch.first_row + i) : batch.ids[i]);
+    }
+    r->mutable_vector()->Add(batch.vectors.row(i), batch.vectors.row(i) + batch.vectors.dim);
+    const bool has_text = !batch.texts.empty() && !batch.texts[i].empty();
+    const bool has_meta = !batch.metadata.empty() && !batch.metadata[i].empty();
+    if (has_text) r->mutable_payload()->set_text(batch.texts[i]);
+    if (has_meta) r->mutable_payload()->mutable_metadata()->insert(batch.metadata[i].begin(), batch.metadata[i].end());
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
 int Ingest(const std::string& router, const IngestOptions& o) {
   if (o.batch < 1 || o.batch > 100000) return Fail(absl::InvalidArgumentError("--batch: out of range [1, 100000]"));
-  if (o.concurrency < 1 || o.concurrency > 64) return Fail(absl::InvalidArgumentError("--concurrency: out of range [1, 64]"));
-  auto reader = FvecsReader::Open(o.file);
-  if (!reader.ok()) return Fail(reader.status());
+  if (o.train_size < 1 || o.train_size > kMaxTrainingVectors) {
+    return Fail(absl::InvalidArgumentError(absl::StrCat("--train-size: out of range [1, ", kMaxTrainingVectors, "]")));
+  }
+  SourceOptions source_options;
+  source_options.hdf5_dataset = o.hdf5_dataset;
+  auto source = VectorSource::Open(o.file, source_options);
+  if (!source.ok()) return Fail(source.status());
+  std::unique_ptr<Stub> stub = Connect(router);
+  const absl::Time start = absl::Now();
+
+  // IVF/PQ: train once on a sample of the file, for every shard, before loading.
+  v1::DescribeCollectionRequest describe;
+  describe.set_name(o.collection);
+  v1::DescribeCollectionResponse info;
+  {
+    grpc::ClientContext ctx;
+    SetDeadline(&ctx, absl::Seconds(30));
+    if (grpc::Status s = stub->DescribeCollection(&ctx, describe, &info); !s.ok()) return Fail(s);
+  }
+  if (!info.collection().trained()) {
+    absl::StatusOr<FloatMatrix> sample = SampleRows(source->get(), o.train_size);
+    if (!sample.ok()) return Fail(sample.status());
+    if (absl::Status s = TrainOnSample(stub.get(), o.collection, *sample); !s.ok()) return Fail(s);
+    source = VectorSource::Open(o.file, source_options);
+    if (!source.ok()) return Fail(source.status());
+  }
+
   std::unique_ptr<IvecsReader> ids;
   if (!o.ids_file.empty()) {
     auto r = IvecsReader::Open(o.ids_file);
     if (!r.ok()) return Fail(r.status());
-    if ((*r)->dim() != 1 || (*r)->total_rows() != (*reader)->total_rows()) {
-      return Fail(absl::InvalidArgumentError(absl::StrFormat(
-          "%s: expected %d rows of 1 id each, found %d rows of %d", o.ids_file, (*reader)->total_rows(),
-          (*r)->total_rows(), (*r)->dim())));
+    if ((*r)->dim() != 1) {
+      return Fail(absl::InvalidArgumentError(absl::StrFormat("%s: expected 1 id per row, found %d", o.ids_file,
+                                                             (*r)->dim())));
     }
     ids = *std::move(r);
   }
-  std::unique_ptr<Stub> stub = Connect(router);
-  Progress progress((*reader)->total_rows());
-  const absl::Time start = absl::Now();
-
-  BoundedQueue<std::shared_ptr<v1::UpsertRequest>> queue(static_cast<size_t>(o.concurrency) * 2);
-  std::atomic<int64_t> done{0};
-  absl::Mutex mu;
-  absl::Status first_error;
-  std::vector<std::thread> senders;
-  for (int t = 0; t < o.concurrency; ++t) {
-    senders.emplace_back([&] {
-      std::shared_ptr<v1::UpsertRequest> req;
-      while (queue.Pop(&req)) {
-        v1::UpsertResponse resp;
-        grpc::ClientContext ctx;
-        SetDeadline(&ctx, absl::Minutes(10));
-        grpc::Status s = stub->Upsert(&ctx, *req, &resp);
-        if (!s.ok()) {
-          absl::MutexLock lock(&mu);
-          if (first_error.ok()) first_error = FromGrpc(s);
-          queue.Close();
-          continue;
-        }
-        int64_t now = done.fetch_add(req->records_size()) + req->records_size();
-        absl::MutexLock lock(&mu);
-        progress.Update(now);
-      }
-    });
-  }
-  FloatMatrix chunk;
-  IntMatrix id_chunk;
-  int64_t row = 0;
+  Progress progress((*source)->total_rows());
+  v1::IngestResponse resp;
+  grpc::ClientContext ctx;
+  std::unique_ptr<grpc::ClientWriter<v1::IngestRequest>> writer = stub->Ingest(&ctx, &resp);
+  SourceBatch batch;
+  int64_t sent = 0;
   absl::Status read_error;
   while (true) {
-    if (read_error = (*reader)->Next(o.batch, &chunk); !read_error.ok() || chunk.rows == 0) break;
-    if (ids != nullptr) {
-      if (read_error = ids->Next(chunk.rows, &id_chunk); !read_error.ok()) break;
-    }
-    auto req = std::make_shared<v1::UpsertRequest>();
-    req->set_collection(o.collection);
-    req->mutable_records()->Reserve(static_cast<int>(chunk.rows));
-    for (int64_t i = 0; i < chunk.rows; ++i) {
-      v1::Record* r = req->add_records();
-      int64_t id = ids != nullptr ? id_chunk.data[i] : row + i;
-      if (id < 0) {
-        read_error = absl::InvalidArgumentError(absl::StrFormat("%s: row %d: negative id %d", o.ids_file, row + i, id));
-        break;
-      }
-      r->set_id(static_cast<uint64_t>(id));
-      r->mutable_vector()->Add(chunk.row(i), chunk.row(i) + chunk.dim);
-    }
-    if (!read_error.ok()) break;
-    row += chunk.rows;
-    if (!queue.Push(std::move(req))) break;
+    if (read_error = (*source)->Next(o.batch, &batch); !read_error.ok() || batch.vectors.rows == 0) break;
+    v1::IngestRequest msg;
+    msg.set_collection(o.collection);
+    if (read_error = ToRecords(batch, ids.get(), o.ids_file, &msg); !read_error.ok()) break;
+    // Blocks while the cluster is behind: gRPC flow control is the back-pressure.
+    if (!writer->Write(msg)) break;
+    sent += batch.vectors.rows;
+    progress.Update(sent);
   }
-  queue.Close();
-  for (std::thread& t : senders) t.join();
+  if (!read_error.ok()) ctx.TryCancel();
+  writer->WritesDone();
+  grpc::Status status = writer->Finish();
   progress.Finish();
   if (!read_error.ok()) return Fail(read_error);
-  if (!first_error.ok()) return Fail(first_error);
+  if (!status.ok()) return Fail(status);
   const double secs = absl::ToDoubleSeconds(absl::Now() - start);
-  std::printf("ingested %lld vectors into %s in %.2f s (%.0f vectors/s)\n", static_cast<long long>(done.load()),
-              o.collection.c_str(), secs, secs > 0 ? done.load() / secs : 0.0);
+  std::printf("ingested %llu vectors into %s in %.2f s (%.0f vectors/s), all durable\n",
+              static_cast<unsigned long long>(resp.ingested()), o.collection.c_str(), secs,
+              secs > 0 ? resp.ingested() / secs : 0.0);
   return 0;
 }
 

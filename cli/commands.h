@@ -18,10 +18,11 @@ struct CreateOptions {
 
 struct IngestOptions {
   std::string collection;
-  std::string file;
-  std::string ids_file;  // .ivecs with one id per row; empty: ids are row numbers
-  int batch = 8192;
-  int concurrency = 4;
+  std::string file;      // .fvecs .bvecs .fbin .u8bin .i8bin .npy .hdf5/.h5 .jsonl
+  std::string ids_file;  // .ivecs with one id per row; empty: ids are row numbers (or JSONL's)
+  std::string hdf5_dataset = "train";
+  int batch = 4096;          // records per stream message
+  int64_t train_size = 200000;  // sample for IVF/PQ collections that are not trained yet
 };
 
 struct SearchOptions {

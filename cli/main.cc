@@ -78,12 +78,15 @@ int main(int argc, char** argv) {
 
   // ingest
   shardvec::cli::IngestOptions ingest;
-  CLI::App* ingest_cmd = app.add_subcommand("ingest", "Load vectors from a .fvecs file");
+  CLI::App* ingest_cmd = app.add_subcommand(
+      "ingest", "Bulk-load a file: .fvecs .bvecs .fbin .u8bin .i8bin .npy .hdf5/.h5 (ann-benchmarks) .jsonl");
   ingest_cmd->add_option("name", ingest.collection, "Collection name")->required();
-  ingest_cmd->add_option("file", ingest.file, ".fvecs file")->required();
+  ingest_cmd->add_option("file", ingest.file, "File of vectors")->required();
   ingest_cmd->add_option("--ids", ingest.ids_file, ".ivecs file of ids, one per row (default: row numbers)");
-  ingest_cmd->add_option("--batch", ingest.batch, "Records per request")->capture_default_str();
-  ingest_cmd->add_option("--concurrency", ingest.concurrency, "Requests in flight")->capture_default_str();
+  ingest_cmd->add_option("--dataset", ingest.hdf5_dataset, "HDF5 dataset to load")->capture_default_str();
+  ingest_cmd->add_option("--batch", ingest.batch, "Records per stream message")->capture_default_str();
+  ingest_cmd->add_option("--train-size", ingest.train_size, "Training sample for IVF/PQ collections")
+      ->capture_default_str();
 
   // search
   shardvec::cli::SearchOptions search;

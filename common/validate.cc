@@ -88,6 +88,15 @@ absl::Status ValidateIds(const char* field, const google::protobuf::RepeatedFiel
   return absl::OkStatus();
 }
 
+absl::Status ValidateTrainSamples(const v1::CollectionSpec& spec, const v1::TrainRequest& req) {
+  for (int i = 0; i < req.samples_size(); ++i) {
+    if (absl::Status s = CheckVector(absl::StrFormat("samples[%d]", i), spec, req.samples(i).values()); !s.ok()) {
+      return s;
+    }
+  }
+  return absl::OkStatus();
+}
+
 absl::Status ValidateSearch(const v1::CollectionSpec& spec, const v1::SearchRequest& req) {
   if (req.queries_size() == 0) return Invalid("queries: empty batch");
   if (req.queries_size() > kMaxQueriesPerSearch) {

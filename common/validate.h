@@ -16,6 +16,8 @@ inline constexpr int kMaxTopK = 4096;
 inline constexpr int kMaxQueriesPerSearch = 16384;
 inline constexpr int kMaxRecordsPerWrite = 100000;
 inline constexpr int kMaxPayloadBytes = 1 << 20;
+// Training sample per collection (FAISS uses at most 256 x nlist of it anyway).
+inline constexpr int64_t kMaxTrainingVectors = int64_t{1} << 20;
 // gRPC message limit on every server and client of the project.
 inline constexpr int kMaxMessageBytes = 64 << 20;
 // queries x k per search, so that a response fits in one message.
@@ -28,6 +30,9 @@ absl::Status NormalizeCollectionSpec(v1::CollectionSpec* spec);
 
 absl::Status ValidateUpsert(const v1::CollectionSpec& spec, const v1::UpsertRequest& req);
 absl::Status ValidateIds(const char* field, const google::protobuf::RepeatedField<uint64_t>& ids);
+// Samples of one TrainRequest message: dimension and finiteness.
+absl::Status ValidateTrainSamples(const v1::CollectionSpec& spec, const v1::TrainRequest& req);
+
 absl::Status ValidateSearch(const v1::CollectionSpec& spec, const v1::SearchRequest& req);
 
 }  // namespace shardvec

@@ -12,6 +12,7 @@
 #include "common/validate.h"
 #include "router/cluster_map.h"
 #include "router/fan_out.h"
+#include "router/ingest.h"
 #include "router/merge.h"
 
 namespace shardvec::router {
@@ -196,29 +197,37 @@ grpc::Status RouterService::DropCollection(grpc::ServerContext* ctx, const v1::D
   return grpc::Status::OK;
 }
 
-absl::flat_hash_map<std::string, uint64_t> RouterService::CountRecords(const Topology& topo) const {
+absl::flat_hash_map<std::string, RouterService::Totals> RouterService::CollectionTotals(const Topology& topo) const {
   shardrpc::StatsRequest req;
   auto replies = FanOut<shardrpc::StatsResponse>(
       AllShards(topo), absl::Now() + options_.read_timeout,
       [&](int s, grpc::ClientContext* c, grpc::CompletionQueue* cq) {
         return topo.shards[s].stub->PrepareAsyncStats(c, req, cq);
       });
-  absl::flat_hash_map<std::string, uint64_t> counts;
+  absl::flat_hash_map<std::string, Totals> totals;
   for (const auto& r : replies) {
-    for (const auto& c : r.response.collections()) counts[c.spec().name()] += c.num_records();
+    for (const auto& c : r.response.collections()) {
+      Totals& t = totals[c.spec().name()];
+      t.records += c.num_records();
+      t.trained = t.trained && c.index_trained();
+    }
   }
-  return counts;
+  return totals;
+}
+
+void RouterService::FillInfo(const v1::CollectionSpec& spec, const absl::flat_hash_map<std::string, Totals>& totals,
+                             v1::CollectionInfo* info) const {
+  *info->mutable_spec() = spec;
+  auto it = totals.find(spec.name());
+  info->set_num_records(it == totals.end() ? 0 : it->second.records);
+  info->set_trained(it == totals.end() || it->second.trained);
 }
 
 grpc::Status RouterService::ListCollections(grpc::ServerContext*, const v1::ListCollectionsRequest*,
                                             v1::ListCollectionsResponse* resp) {
   auto topo = Snapshot();
-  auto counts = CountRecords(*topo);
-  for (const v1::CollectionSpec& spec : topo->map.collections()) {
-    v1::CollectionInfo* info = resp->add_collections();
-    *info->mutable_spec() = spec;
-    info->set_num_records(counts[spec.name()]);
-  }
+  auto totals = CollectionTotals(*topo);
+  for (const v1::CollectionSpec& spec : topo->map.collections()) FillInfo(spec, totals, resp->add_collections());
   return grpc::Status::OK;
 }
 
@@ -227,8 +236,7 @@ grpc::Status RouterService::DescribeCollection(grpc::ServerContext*, const v1::D
   auto topo = Snapshot();
   absl::StatusOr<v1::CollectionSpec> spec = FindCollection(*topo, req->name());
   if (!spec.ok()) return ToGrpc(spec.status());
-  *resp->mutable_collection()->mutable_spec() = *spec;
-  resp->mutable_collection()->set_num_records(CountRecords(*topo)[req->name()]);
+  FillInfo(*spec, CollectionTotals(*topo), resp->mutable_collection());
   return grpc::Status::OK;
 }
 
@@ -363,6 +371,80 @@ grpc::Status RouterService::Search(grpc::ServerContext* ctx, const v1::SearchReq
   return grpc::Status::OK;
 }
 
+grpc::Status RouterService::Ingest(grpc::ServerContext* ctx, grpc::ServerReader<v1::IngestRequest>* reader,
+                                   v1::IngestResponse* resp) {
+  auto topo = Snapshot();
+  v1::IngestRequest msg;
+  if (!reader->Read(&msg)) return ToGrpc(absl::InvalidArgumentError("collection: the stream was empty"));
+  absl::StatusOr<v1::CollectionSpec> spec = FindCollection(*topo, msg.collection());
+  if (!spec.ok()) return ToGrpc(spec.status());
+  IngestOptions options;
+  options.timeout = options_.write_timeout;
+  IngestSession session(topo, spec->name(), options);
+  uint64_t ingested = 0;
+  int64_t message = 0;
+  do {
+    if (!msg.collection().empty() && msg.collection() != spec->name()) {
+      return ToGrpc(absl::InvalidArgumentError(
+          absl::StrCat("collection: message ", message, " names '", msg.collection(), "', the stream is for '",
+                       spec->name(), "'")));
+    }
+    if (msg.records_size() == 0) continue;
+    v1::UpsertRequest check;
+    check.mutable_records()->Swap(msg.mutable_records());
+    if (absl::Status s = ValidateUpsert(*spec, check); !s.ok()) {
+      return ToGrpc(absl::Status(s.code(), absl::StrCat("message ", message, ": ", s.message())));
+    }
+    ingested += check.records_size();
+    if (!session.Add(check.mutable_records())) break;
+  } while (++message, reader->Read(&msg));
+  SHARDVEC_RETURN_IF_ERROR_GRPC(session.Finish());
+  if (ctx->IsCancelled()) return grpc::Status(grpc::StatusCode::CANCELLED, "the client cancelled the stream");
+  resp->set_ingested(ingested);
+  return grpc::Status::OK;
+}
+
+grpc::Status RouterService::Train(grpc::ServerContext* ctx, grpc::ServerReader<v1::TrainRequest>* reader,
+                                  v1::TrainResponse* resp) {
+  auto topo = Snapshot();
+  v1::TrainRequest msg;
+  if (!reader->Read(&msg)) return ToGrpc(absl::InvalidArgumentError("collection: the stream was empty"));
+  absl::StatusOr<v1::CollectionSpec> spec = FindCollection(*topo, msg.collection());
+  if (!spec.ok()) return ToGrpc(spec.status());
+  // One shard trains; every other shard installs what it learned.
+  const ShardConn& trainer = topo->shards[0];
+  grpc::ClientContext train_ctx;
+  train_ctx.set_deadline(absl::ToChronoTime(Deadline(ctx, 0, options_.write_timeout)));
+  shardrpc::TrainResult result;
+  std::unique_ptr<grpc::ClientWriter<v1::TrainRequest>> writer = trainer.stub->Train(&train_ctx, &result);
+  int64_t message = 0;
+  do {
+    if (absl::Status s = ValidateTrainSamples(*spec, msg); !s.ok()) {
+      train_ctx.TryCancel();
+      return ToGrpc(absl::Status(s.code(), absl::StrCat("message ", message, ": ", s.message())));
+    }
+    msg.set_collection(spec->name());
+    if (!writer->Write(msg)) break;
+  } while (++message, reader->Read(&msg));
+  writer->WritesDone();
+  if (grpc::Status s = writer->Finish(); !s.ok()) return ToGrpc(ShardError(trainer, s));
+  shardrpc::InstallTrainedRequest install;
+  install.set_collection(spec->name());
+  install.set_trained_template(result.trained_template());
+  std::vector<int> others = AllShards(*topo);
+  others.erase(others.begin());
+  auto replies = FanOut<shardrpc::InstallTrainedResponse>(
+      others, Deadline(ctx, 0, options_.write_timeout), [&](int s, grpc::ClientContext* c, grpc::CompletionQueue* cq) {
+        return topo->shards[s].stub->PrepareAsyncInstallTrained(c, install, cq);
+      });
+  SHARDVEC_RETURN_IF_ERROR_GRPC(FirstError(*topo, replies));
+  resp->set_samples(result.samples());
+  resp->set_shards(static_cast<uint32_t>(topo->shards.size()));
+  LogInfo("collection %s: trained on %d vectors by %s, installed on %d shards", spec->name(), result.samples(),
+          trainer.id, topo->shards.size());
+  return grpc::Status::OK;
+}
+
 grpc::Status RouterService::ClusterStatus(grpc::ServerContext*, const v1::ClusterStatusRequest*,
                                           v1::ClusterStatusResponse* resp) {
   auto topo = Snapshot();
@@ -372,7 +454,7 @@ grpc::Status RouterService::ClusterStatus(grpc::ServerContext*, const v1::Cluste
       [&](int s, grpc::ClientContext* c, grpc::CompletionQueue* cq) {
         return topo->shards[s].stub->PrepareAsyncStats(c, req, cq);
       });
-  absl::flat_hash_map<std::string, uint64_t> totals;
+  absl::flat_hash_map<std::string, Totals> totals;
   for (const auto& r : replies) {
     const cluster::ShardEntry& entry = topo->map.shards(r.shard);
     v1::ShardStatus* st = resp->add_shards();
@@ -390,14 +472,12 @@ grpc::Status RouterService::ClusterStatus(grpc::ServerContext*, const v1::Cluste
       v1::CollectionCount* count = st->add_collections();
       count->set_name(c.spec().name());
       count->set_num_records(c.num_records());
-      totals[c.spec().name()] += c.num_records();
+      Totals& t = totals[c.spec().name()];
+      t.records += c.num_records();
+      t.trained = t.trained && c.index_trained();
     }
   }
-  for (const v1::CollectionSpec& spec : topo->map.collections()) {
-    v1::CollectionInfo* info = resp->add_collections();
-    *info->mutable_spec() = spec;
-    info->set_num_records(totals[spec.name()]);
-  }
+  for (const v1::CollectionSpec& spec : topo->map.collections()) FillInfo(spec, totals, resp->add_collections());
   resp->set_total_slots(kNumSlots);
   resp->set_map_epoch(topo->map.epoch());
   return grpc::Status::OK;

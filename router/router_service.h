@@ -65,6 +65,10 @@ class RouterService final : public v1::ShardVec::Service {
   grpc::Status Get(grpc::ServerContext* ctx, const v1::GetRequest* req, v1::GetResponse* resp) override;
   grpc::Status Search(grpc::ServerContext* ctx, const v1::SearchRequest* req,
                       v1::SearchResponse* resp) override;
+  grpc::Status Ingest(grpc::ServerContext* ctx, grpc::ServerReader<v1::IngestRequest>* reader,
+                      v1::IngestResponse* resp) override;
+  grpc::Status Train(grpc::ServerContext* ctx, grpc::ServerReader<v1::TrainRequest>* reader,
+                     v1::TrainResponse* resp) override;
   grpc::Status ClusterStatus(grpc::ServerContext* ctx, const v1::ClusterStatusRequest* req,
                              v1::ClusterStatusResponse* resp) override;
 
@@ -74,8 +78,14 @@ class RouterService final : public v1::ShardVec::Service {
   // Persists `map` and publishes it; caller holds admin_mu_.
   absl::Status Publish(cluster::ClusterMap map) ABSL_EXCLUSIVE_LOCKS_REQUIRED(admin_mu_);
   absl::StatusOr<v1::CollectionSpec> FindCollection(const Topology& topo, const std::string& name) const;
-  // Record counts per collection per shard; unreachable shards are left out.
-  absl::flat_hash_map<std::string, uint64_t> CountRecords(const Topology& topo) const;
+  struct Totals {
+    uint64_t records = 0;
+    bool trained = true;
+  };
+  // Per collection, over the shards that answer: records, and whether all are trained.
+  absl::flat_hash_map<std::string, Totals> CollectionTotals(const Topology& topo) const;
+  void FillInfo(const v1::CollectionSpec& spec, const absl::flat_hash_map<std::string, Totals>& totals,
+                v1::CollectionInfo* info) const;
 
   const RouterOptions options_;
   absl::Mutex admin_mu_;

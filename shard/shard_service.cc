@@ -170,4 +170,38 @@ grpc::Status ShardService::Stats(grpc::ServerContext*, const shardrpc::StatsRequ
   return grpc::Status::OK;
 }
 
+grpc::Status ShardService::Train(grpc::ServerContext*, grpc::ServerReader<v1::TrainRequest>* reader,
+                                 shardrpc::TrainResult* resp) {
+  v1::TrainRequest msg;
+  std::shared_ptr<Collection> collection;
+  std::vector<float> sample;
+  while (reader->Read(&msg)) {
+    if (collection == nullptr) {
+      absl::StatusOr<std::shared_ptr<Collection>> c = Find(msg.collection());
+      if (!c.ok()) return ToGrpc(c.status());
+      collection = *c;
+    }
+    SHARDVEC_RETURN_IF_ERROR_GRPC(ValidateTrainSamples(collection->spec(), msg));
+    if (static_cast<int64_t>(sample.size() / collection->spec().dim()) + msg.samples_size() > kMaxTrainingVectors) {
+      return ToGrpc(absl::InvalidArgumentError(
+          absl::StrCat("samples: more than ", kMaxTrainingVectors, " training vectors")));
+    }
+    for (const v1::Vector& v : msg.samples()) sample.insert(sample.end(), v.values().begin(), v.values().end());
+  }
+  if (collection == nullptr) return ToGrpc(absl::InvalidArgumentError("collection: the stream was empty"));
+  absl::StatusOr<std::string> tmpl = collection->Train(sample);
+  if (!tmpl.ok()) return ToGrpc(tmpl.status());
+  resp->set_trained_template(*std::move(tmpl));
+  resp->set_samples(sample.size() / collection->spec().dim());
+  LogInfo("collection %s: trained on %d vectors", collection->spec().name(), resp->samples());
+  return grpc::Status::OK;
+}
+
+grpc::Status ShardService::InstallTrained(grpc::ServerContext*, const shardrpc::InstallTrainedRequest* req,
+                                          shardrpc::InstallTrainedResponse*) {
+  absl::StatusOr<std::shared_ptr<Collection>> c = Find(req->collection());
+  if (!c.ok()) return ToGrpc(c.status());
+  return ToGrpc((*c)->InstallTrained(req->trained_template()));
+}
+
 }  // namespace shardvec::shard

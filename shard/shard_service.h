@@ -50,6 +50,10 @@ class ShardService final : public shardrpc::Shard::Service {
                       v1::SearchResponse* resp) override;
   grpc::Status Stats(grpc::ServerContext* ctx, const shardrpc::StatsRequest* req,
                      shardrpc::StatsResponse* resp) override;
+  grpc::Status Train(grpc::ServerContext* ctx, grpc::ServerReader<v1::TrainRequest>* reader,
+                     shardrpc::TrainResult* resp) override;
+  grpc::Status InstallTrained(grpc::ServerContext* ctx, const shardrpc::InstallTrainedRequest* req,
+                              shardrpc::InstallTrainedResponse* resp) override;
 
  private:
   ShardService(ShardServiceOptions options, std::unique_ptr<RecordStore> store)
