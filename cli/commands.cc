@@ -3,6 +3,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cmath>
 #include <atomic>
 #include <cstdio>
 #include <deque>
@@ -246,8 +247,8 @@ absl::Status TrainOnSample(Stub* stub, const std::string& collection, const Floa
 }
 
 // Fills `msg` with the batch's records; ids from the batch, the ids file, or row numbers.
-absl::Status ToRecords(const SourceBatch& batch, IvecsReader* ids, const std::string& ids_path,
-                       v1::IngestRequest* msg) {
+absl::Status ToRecords(const SourceBatch& batch, const std::string& file, IvecsReader* ids,
+                       const std::string& ids_path, v1::IngestRequest* msg) {
   IntMatrix id_rows;
   if (ids != nullptr) {
     if (absl::Status s = ids->Next(batch.vectors.rows, &id_rows); !s.ok()) return s;
@@ -268,7 +269,14 @@ absl::Status ToRecords(const SourceBatch& batch, IvecsReader* ids, const std::st
     } else {
       r->set_id(batch.ids.empty() ? static_cast<uint64_t>(batch.first_row + i) : batch.ids[i]);
     }
-    r->mutable_vector()->Add(batch.vectors.row(i), batch.vectors.row(i) + batch.vectors.dim);
+    const float* row = batch.vectors.row(i);
+    for (int j = 0; j < batch.vectors.dim; ++j) {
+      if (!std::isfinite(row[j])) {
+        return absl::InvalidArgumentError(absl::StrFormat("%s: row %d: component %d is %s", file,
+                                                          batch.first_row + i, j, std::isnan(row[j]) ? "NaN" : "Inf"));
+      }
+    }
+    r->mutable_vector()->Add(row, row + batch.vectors.dim);
     const bool has_text = !batch.texts.empty() && !batch.texts[i].empty();
     const bool has_meta = !batch.metadata.empty() && !batch.metadata[i].empty();
     if (has_text) r->mutable_payload()->set_text(batch.texts[i]);
@@ -329,7 +337,7 @@ int Ingest(const std::string& router, const IngestOptions& o) {
     if (read_error = (*source)->Next(o.batch, &batch); !read_error.ok() || batch.vectors.rows == 0) break;
     v1::IngestRequest msg;
     msg.set_collection(o.collection);
-    if (read_error = ToRecords(batch, ids.get(), o.ids_file, &msg); !read_error.ok()) break;
+    if (read_error = ToRecords(batch, o.file, ids.get(), o.ids_file, &msg); !read_error.ok()) break;
     // Blocks while the cluster is behind: gRPC flow control is the back-pressure.
     if (!writer->Write(msg)) break;
     sent += batch.vectors.rows;

@@ -129,6 +129,7 @@ absl::StatusOr<std::unique_ptr<TestCluster>> TestCluster::Start(int num_shards, 
   const std::string binary = ShardvecBinary();
   c->data_dir_ = data_dir;
   c->shard_args_ = shard_args;
+  std::filesystem::create_directories(data_dir);
   for (int i = 0; i < num_shards; ++i) {
     c->shard_dirs_.push_back(absl::StrCat(data_dir, "/shard-", i));
     auto child = c->StartShard(i, "0");
