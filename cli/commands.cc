@@ -498,4 +498,35 @@ int Status(const std::string& router) {
   return 0;
 }
 
+namespace {
+
+int PrintRebalance(const char* verb, const std::string& address, const v1::RebalanceResponse& resp) {
+  std::printf("%s %s (%s): moved %u slots, copied %llu records in %.1f s\n", verb, resp.shard_id().c_str(),
+              address.c_str(), resp.slots_moved(), static_cast<unsigned long long>(resp.records_copied()),
+              resp.seconds());
+  return 0;
+}
+
+}  // namespace
+
+int AddShard(const std::string& router, const std::string& address) {
+  v1::AddShardRequest req;
+  req.set_address(address);
+  v1::RebalanceResponse resp;
+  grpc::ClientContext ctx;
+  SetDeadline(&ctx, absl::Hours(24));
+  if (grpc::Status s = Connect(router)->AddShard(&ctx, req, &resp); !s.ok()) return Fail(s);
+  return PrintRebalance("added", address, resp);
+}
+
+int RemoveShard(const std::string& router, const std::string& address) {
+  v1::RemoveShardRequest req;
+  req.set_address(address);
+  v1::RebalanceResponse resp;
+  grpc::ClientContext ctx;
+  SetDeadline(&ctx, absl::Hours(24));
+  if (grpc::Status s = Connect(router)->RemoveShard(&ctx, req, &resp); !s.ok()) return Fail(s);
+  return PrintRebalance("removed", address, resp);
+}
+
 }  // namespace shardvec::cli

@@ -66,6 +66,9 @@ int Ingest(const std::string& router, const IngestOptions& options);
 int Search(const std::string& router, const SearchOptions& options);
 int Bench(const std::string& router, const BenchOptions& options);
 int Status(const std::string& router);
+// Adds or removes a shard server; slots move while the cluster keeps serving.
+int AddShard(const std::string& router, const std::string& address);
+int RemoveShard(const std::string& router, const std::string& address);
 
 }  // namespace shardvec::cli
 

@@ -49,6 +49,12 @@ int main(int argc, char** argv) {
                           "... or this many seconds after its last snapshot, if it has writes")
       ->capture_default_str();
 
+  std::string shard_address;
+  CLI::App* shard_add = shard->add_subcommand("add", "Add a running shard server; slots move to it online");
+  shard_add->add_option("address", shard_address, "HOST:PORT of the shard server")->required();
+  CLI::App* shard_remove = shard->add_subcommand("remove", "Move every slot off a shard, then drop it");
+  shard_remove->add_option("address", shard_address, "HOST:PORT of the shard server")->required();
+
   shardvec::router::RouterServerOptions router_opts;
   CLI::App* router_cmd = app.add_subcommand("router", "Router server");
   router_cmd->require_subcommand(1);
@@ -142,6 +148,8 @@ int main(int argc, char** argv) {
   if (search_cmd->parsed()) return Search(router, search);
   if (bench_cmd->parsed()) return Bench(router, bench);
   if (gen_cmd->parsed()) return Generate(gen);
+  if (shard_add->parsed()) return AddShard(router, shard_address);
+  if (shard_remove->parsed()) return RemoveShard(router, shard_address);
   if (status_cmd->parsed()) return Status(router);
   return 2;
 }

@@ -3,6 +3,7 @@
 #include <fcntl.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 #include <filesystem>
@@ -11,6 +12,8 @@
 
 #include "absl/container/flat_hash_set.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_format.h"
 #include "common/slot.h"
 #include "google/protobuf/text_format.h"
@@ -105,6 +108,57 @@ std::vector<int> SlotOwners(const cluster::ClusterMap& map) {
     }
   }
   return owner;
+}
+
+void ReassignSlots(cluster::ClusterMap* map, uint32_t begin, uint32_t end, const std::string& target_id) {
+  for (cluster::ShardEntry& shard : *map->mutable_shards()) {
+    std::vector<std::pair<uint32_t, uint32_t>> ranges;
+    for (const v1::SlotRange& r : shard.slots()) {
+      // Keep what lies outside [begin, end).
+      if (r.begin() < begin) ranges.push_back({r.begin(), std::min(r.end(), begin)});
+      if (r.end() > end) ranges.push_back({std::max(r.begin(), end), r.end()});
+    }
+    if (shard.id() == target_id) ranges.push_back({begin, end});
+    std::sort(ranges.begin(), ranges.end());
+    shard.clear_slots();
+    for (const auto& [b, e] : ranges) {
+      if (shard.slots_size() > 0 && shard.slots(shard.slots_size() - 1).end() == b) {
+        shard.mutable_slots(shard.slots_size() - 1)->set_end(e);
+        continue;
+      }
+      v1::SlotRange* r = shard.add_slots();
+      r->set_begin(b);
+      r->set_end(e);
+    }
+  }
+}
+
+std::vector<uint32_t> SlotCounts(const cluster::ClusterMap& map) {
+  std::vector<uint32_t> counts;
+  for (const cluster::ShardEntry& shard : map.shards()) {
+    uint32_t n = 0;
+    for (const v1::SlotRange& r : shard.slots()) n += r.end() - r.begin();
+    counts.push_back(n);
+  }
+  return counts;
+}
+
+int FindShard(const cluster::ClusterMap& map, const std::string& id_or_address) {
+  for (int i = 0; i < map.shards_size(); ++i) {
+    if (map.shards(i).id() == id_or_address || map.shards(i).address() == id_or_address) return i;
+  }
+  return -1;
+}
+
+std::string NextShardId(const cluster::ClusterMap& map) {
+  int next = 0;
+  for (const cluster::ShardEntry& shard : map.shards()) {
+    int n = 0;
+    if (absl::StartsWith(shard.id(), "shard-") && absl::SimpleAtoi(absl::string_view(shard.id()).substr(6), &n)) {
+      next = std::max(next, n + 1);
+    }
+  }
+  return absl::StrCat("shard-", next);
 }
 
 absl::StatusOr<cluster::ClusterMap> LoadMap(const std::string& path) {

@@ -22,6 +22,19 @@ absl::Status ValidateMap(const cluster::ClusterMap& map);
 // slot -> index into map.shards(); the map must be valid.
 std::vector<int> SlotOwners(const cluster::ClusterMap& map);
 
+// Gives slots [begin, end) to the shard `target_id`, taking them from whoever owns
+// them; each shard's ranges stay sorted and merged.
+void ReassignSlots(cluster::ClusterMap* map, uint32_t begin, uint32_t end, const std::string& target_id);
+
+// Slots owned by each shard, by shard index.
+std::vector<uint32_t> SlotCounts(const cluster::ClusterMap& map);
+
+// Index of the shard with this id or address in map.shards(), or -1.
+int FindShard(const cluster::ClusterMap& map, const std::string& id_or_address);
+
+// "shard-N" with N one more than any existing shard's number.
+std::string NextShardId(const cluster::ClusterMap& map);
+
 absl::StatusOr<cluster::ClusterMap> LoadMap(const std::string& path);
 
 // Writes path.tmp, fsyncs it, renames it over path and fsyncs the directory.

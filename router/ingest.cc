@@ -8,13 +8,17 @@
 
 namespace shardvec::router {
 
-IngestSession::IngestSession(std::shared_ptr<const Topology> topo, std::string collection, IngestOptions options)
-    : topo_(std::move(topo)), collection_(std::move(collection)), options_(options), lanes_(topo_->shards.size()) {
+IngestSession::IngestSession(RouterService* router, std::string collection, IngestOptions options)
+    : router_(router),
+      topo_(router->Snapshot()),
+      collection_(std::move(collection)),
+      options_(options),
+      lanes_(topo_->shards.size()) {
   for (int s = 0; s < static_cast<int>(lanes_.size()); ++s) {
     Lane& lane = lanes_[s];
     lane.pending.set_collection(collection_);
-    lane.queue = std::make_unique<BoundedQueue<v1::UpsertRequest>>(options_.queue_batches);
-    for (int t = 0; t < options_.senders_per_shard; ++t) lane.senders.emplace_back([this, s] { Send(s); });
+    lane.queue = std::make_unique<BoundedQueue<Routed>>(options_.queue_batches);
+    for (int t = 0; t < options_.senders_per_shard; ++t) lane.senders.emplace_back([this, s] { SendLoop(s); });
   }
 }
 
@@ -27,24 +31,46 @@ IngestSession::~IngestSession() {
   }
 }
 
-void IngestSession::Send(int shard) {
-  const ShardConn& conn = topo_->shards[shard];
-  v1::UpsertRequest batch;
-  while (lanes_[shard].queue->Pop(&batch)) {
+absl::Status IngestSession::Send(Routed* routed) {
+  absl::ReaderMutexLock gate(&router_->write_gate());
+  std::shared_ptr<const Topology> now = router_->Snapshot();
+  // Group by the current owners; with an unchanged map that is one group.
+  std::vector<v1::UpsertRequest> parts(now->shards.size());
+  if (now->map.epoch() == routed->epoch) {
+    const int owner = now->slot_owner[SlotOf(routed->batch.records(0).id())];
+    parts[owner].Swap(&routed->batch);
+  } else {
+    for (v1::Record& r : *routed->batch.mutable_records()) {
+      parts[now->slot_owner[SlotOf(r.id())]].add_records()->Swap(&r);
+    }
+  }
+  for (size_t s = 0; s < parts.size(); ++s) {
+    if (parts[s].records_size() == 0) continue;
+    parts[s].set_collection(collection_);
+    const ShardConn& conn = now->shards[s];
+    v1::UpsertResponse resp;
+    grpc::ClientContext ctx;
+    ctx.set_deadline(absl::ToChronoTime(absl::Now() + options_.timeout));
+    grpc::Status st = conn.stub->Upsert(&ctx, parts[s], &resp);
+    if (!st.ok()) {
+      absl::Status as = FromGrpc(st);
+      return absl::Status(as.code(), absl::StrCat("shard ", conn.id, " (", conn.address, "): ", as.message()));
+    }
+  }
+  return absl::OkStatus();
+}
+
+void IngestSession::SendLoop(int shard) {
+  Routed routed;
+  while (lanes_[shard].queue->Pop(&routed)) {
     {
       absl::MutexLock lock(&mu_);
       if (!error_.ok()) continue;  // the stream has failed: drop what is queued
     }
-    v1::UpsertResponse resp;
-    grpc::ClientContext ctx;
-    ctx.set_deadline(absl::ToChronoTime(absl::Now() + options_.timeout));
-    grpc::Status s = conn.stub->Upsert(&ctx, batch, &resp);
+    absl::Status s = Send(&routed);
     if (s.ok()) continue;
-    absl::Status as = FromGrpc(s);
     absl::MutexLock lock(&mu_);
-    if (error_.ok()) {
-      error_ = absl::Status(as.code(), absl::StrCat("shard ", conn.id, " (", conn.address, "): ", as.message()));
-    }
+    if (error_.ok()) error_ = s;
     // Stop the stream everywhere: unblock the reader and every other lane.
     for (Lane& lane : lanes_) lane.queue->Close();
   }
@@ -53,10 +79,10 @@ void IngestSession::Send(int shard) {
 bool IngestSession::Flush(int shard) {
   Lane& lane = lanes_[shard];
   if (lane.pending.records_size() == 0) return true;
-  v1::UpsertRequest batch;
-  batch.set_collection(collection_);
-  batch.mutable_records()->Swap(lane.pending.mutable_records());
-  return lane.queue->Push(std::move(batch));
+  Routed routed;
+  routed.epoch = topo_->map.epoch();
+  routed.batch.mutable_records()->Swap(lane.pending.mutable_records());
+  return lane.queue->Push(std::move(routed));
 }
 
 bool IngestSession::Add(google::protobuf::RepeatedPtrField<v1::Record>* records) {

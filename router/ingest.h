@@ -29,7 +29,9 @@ struct IngestOptions {
 
 class IngestSession {
  public:
-  IngestSession(std::shared_ptr<const Topology> topo, std::string collection, IngestOptions options);
+  // Batches are routed with the router's topology at the time and re-routed when a
+  // slot move has changed it before they are sent.
+  IngestSession(RouterService* router, std::string collection, IngestOptions options);
   ~IngestSession();
   IngestSession(const IngestSession&) = delete;
   IngestSession& operator=(const IngestSession&) = delete;
@@ -41,14 +43,21 @@ class IngestSession {
   absl::Status Finish();
 
  private:
+  struct Routed {
+    uint64_t epoch = 0;
+    v1::UpsertRequest batch;
+  };
   struct Lane {
     v1::UpsertRequest pending;
-    std::unique_ptr<BoundedQueue<v1::UpsertRequest>> queue;
+    std::unique_ptr<BoundedQueue<Routed>> queue;
     std::vector<std::thread> senders;
   };
-  void Send(int shard);
+  void SendLoop(int shard);
+  // Sends under the router's write gate, re-routing if the map changed meanwhile.
+  absl::Status Send(Routed* routed);
   bool Flush(int shard);
 
+  RouterService* const router_;
   const std::shared_ptr<const Topology> topo_;
   const std::string collection_;
   const IngestOptions options_;

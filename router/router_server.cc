@@ -53,6 +53,9 @@ int RunRouterServer(const RouterServerOptions& options) {
   if (absl::Status s = service.SyncCollectionsToShards(); !s.ok()) {
     LogInfo("warning: not every shard has every collection yet: %s", s.ToString());
   }
+  if (absl::Status s = service.ResumeMigrations(); !s.ok()) {
+    LogInfo("warning: an interrupted slot move could not be finished yet: %s", s.ToString());
+  }
   return ServeUntilSignal("shardvec-router", options.host, options.port, &service);
 }
 

@@ -242,6 +242,7 @@ grpc::Status RouterService::DescribeCollection(grpc::ServerContext*, const v1::D
 
 grpc::Status RouterService::Upsert(grpc::ServerContext* ctx, const v1::UpsertRequest* req,
                                    v1::UpsertResponse* resp) {
+  absl::ReaderMutexLock gate(&write_gate_);
   auto topo = Snapshot();
   absl::StatusOr<v1::CollectionSpec> spec = FindCollection(*topo, req->collection());
   if (!spec.ok()) return ToGrpc(spec.status());
@@ -270,6 +271,7 @@ grpc::Status RouterService::Upsert(grpc::ServerContext* ctx, const v1::UpsertReq
 
 grpc::Status RouterService::Delete(grpc::ServerContext* ctx, const v1::DeleteRequest* req,
                                    v1::DeleteResponse* resp) {
+  absl::ReaderMutexLock gate(&write_gate_);
   auto topo = Snapshot();
   absl::StatusOr<v1::CollectionSpec> spec = FindCollection(*topo, req->collection());
   if (!spec.ok()) return ToGrpc(spec.status());
@@ -380,7 +382,7 @@ grpc::Status RouterService::Ingest(grpc::ServerContext* ctx, grpc::ServerReader<
   if (!spec.ok()) return ToGrpc(spec.status());
   IngestOptions options;
   options.timeout = options_.write_timeout;
-  IngestSession session(topo, spec->name(), options);
+  IngestSession session(this, spec->name(), options);
   uint64_t ingested = 0;
   int64_t message = 0;
   do {

@@ -71,9 +71,23 @@ class RouterService final : public v1::ShardVec::Service {
                      v1::TrainResponse* resp) override;
   grpc::Status ClusterStatus(grpc::ServerContext* ctx, const v1::ClusterStatusRequest* req,
                              v1::ClusterStatusResponse* resp) override;
+  grpc::Status AddShard(grpc::ServerContext* ctx, const v1::AddShardRequest* req,
+                        v1::RebalanceResponse* resp) override;
+  grpc::Status RemoveShard(grpc::ServerContext* ctx, const v1::RemoveShardRequest* req,
+                           v1::RebalanceResponse* resp) override;
+
+  // Finishes slot moves that a crash interrupted: a move still copying is redone
+  // from the start (the source kept ownership), one in cleanup deletes the source's
+  // copies. Called once at start.
+  absl::Status ResumeMigrations();
+
+  // The current topology (for an IngestSession that must re-route after a move).
+  std::shared_ptr<const Topology> Snapshot() const;
+  // Writes hold this shared while they route and send; a slot move takes it
+  // exclusively for its final catch-up and ownership flip.
+  absl::Mutex& write_gate() { return write_gate_; }
 
  private:
-  std::shared_ptr<const Topology> Snapshot() const;
   std::shared_ptr<const Topology> BuildTopology(cluster::ClusterMap map) ABSL_EXCLUSIVE_LOCKS_REQUIRED(admin_mu_);
   // Persists `map` and publishes it; caller holds admin_mu_.
   absl::Status Publish(cluster::ClusterMap map) ABSL_EXCLUSIVE_LOCKS_REQUIRED(admin_mu_);
@@ -87,7 +101,24 @@ class RouterService final : public v1::ShardVec::Service {
   void FillInfo(const v1::CollectionSpec& spec, const absl::flat_hash_map<std::string, Totals>& totals,
                 v1::CollectionInfo* info) const;
 
+  struct MoveStats {
+    uint32_t slots = 0;
+    uint64_t records = 0;
+  };
+  // Moves slots [begin, end) from one shard to another, for every collection.
+  absl::Status MoveSlots(const std::string& source_id, const std::string& target_id, uint32_t begin, uint32_t end,
+                         MoveStats* stats) ABSL_EXCLUSIVE_LOCKS_REQUIRED(admin_mu_);
+  // Copies the current source state of `ids` to the target (upsert or delete).
+  absl::Status CopyIds(const ShardConn& source, const ShardConn& target, const std::string& collection,
+                       const std::vector<uint64_t>& ids, MoveStats* stats);
+  absl::Status CopySlotsOf(const ShardConn& source, const ShardConn& target, const std::string& collection,
+                           uint32_t begin, uint32_t end, uint64_t* op, MoveStats* stats);
+  // Moves slots until no two shards differ by more than one.
+  absl::Status BalanceSlots(MoveStats* stats) ABSL_EXCLUSIVE_LOCKS_REQUIRED(admin_mu_);
+  absl::Status EnsureCollectionsOn(const ShardConn& shard) ABSL_EXCLUSIVE_LOCKS_REQUIRED(admin_mu_);
+
   const RouterOptions options_;
+  absl::Mutex write_gate_;
   absl::Mutex admin_mu_;
   mutable absl::Mutex mu_;
   std::shared_ptr<const Topology> topology_ ABSL_GUARDED_BY(mu_);

@@ -1,9 +1,12 @@
 #include "shard/collection.h"
 
+#include <algorithm>
 #include <filesystem>
 #include <utility>
 
 #include "absl/container/flat_hash_map.h"
+#include "absl/container/flat_hash_set.h"
+#include "common/slot.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "common/log.h"
@@ -92,6 +95,8 @@ absl::StatusOr<std::unique_ptr<Collection>> Collection::Recover(RecordStore* sto
     if (absl::Status s = c->Rebuild(stats); !s.ok()) return s;
   }
   c->applied_op_ = *last;
+  // Entries up to the snapshot may have been trimmed; after a rebuild, assume all.
+  c->trimmed_op_ = snap.ok() ? c->snapshot_op_ : *last;
   {
     absl::ReaderMutexLock lock(&c->mu_);
     stats->records = c->index_->size();
@@ -296,6 +301,11 @@ absl::StatusOr<std::string> Collection::Train(const std::vector<float>& sample) 
   return tmpl;
 }
 
+std::string Collection::trained_template() const {
+  absl::MutexLock write_lock(&write_mu_);
+  return meta_.trained_template();
+}
+
 absl::Status Collection::InstallTrained(const std::string& trained_template) {
   absl::MutexLock write_lock(&write_mu_);
   if (meta_.trained_template() == trained_template) return absl::OkStatus();
@@ -320,7 +330,90 @@ absl::Status Collection::Snapshot() {
     if (absl::Status s = WriteSnapshot(snapshot_path_, header, *index_); !s.ok()) return s;
   }
   snapshot_op_ = applied_op_;
-  return store_->TrimChanges(meta_.cid(), snapshot_op_);
+  uint64_t trim = snapshot_op_;
+  if (absl::Now() < pin_expiry_) trim = std::min(trim, pin_op_);
+  if (trim <= trimmed_op_) return absl::OkStatus();
+  if (absl::Status s = store_->TrimChanges(meta_.cid(), trim); !s.ok()) return s;
+  trimmed_op_ = trim;
+  return absl::OkStatus();
+}
+
+absl::StatusOr<uint64_t> Collection::ExportSlots(uint32_t begin, uint32_t end, const ExportFn& fn) {
+  const rocksdb::Snapshot* view;
+  uint64_t op;
+  {
+    absl::MutexLock write_lock(&write_mu_);
+    op = applied_op_;
+    view = store_->GetSnapshot();
+    pin_op_ = absl::Now() < pin_expiry_ ? std::min(pin_op_, op) : op;
+    pin_expiry_ = absl::Now() + kPinLifetime;
+  }
+  absl::Status s = store_->Scan(
+      meta_.cid(), 4096,
+      [&](const std::vector<uint64_t>& ids, const std::vector<store::StoredRecord>& recs) {
+        std::vector<v1::Record> out(ids.size());
+        for (size_t i = 0; i < ids.size(); ++i) {
+          out[i].set_id(ids[i]);
+          *out[i].mutable_vector() = recs[i].vector();
+          if (recs[i].has_payload()) *out[i].mutable_payload() = recs[i].payload();
+        }
+        return fn(&out);
+      },
+      begin, end, view);
+  store_->ReleaseSnapshot(view);
+  if (!s.ok()) return s;
+  return op;
+}
+
+absl::StatusOr<uint64_t> Collection::ChangedIds(uint32_t begin, uint32_t end, uint64_t after, bool release,
+                                                std::vector<uint64_t>* ids) {
+  uint64_t op;
+  {
+    absl::MutexLock write_lock(&write_mu_);
+    if (after < trimmed_op_) {
+      return absl::FailedPreconditionError(absl::StrCat("change log of '", spec().name(), "' trimmed past op ", after));
+    }
+    op = applied_op_;
+    if (release) {
+      pin_expiry_ = absl::InfinitePast();
+    } else {
+      pin_expiry_ = absl::Now() + kPinLifetime;
+    }
+  }
+  absl::flat_hash_set<uint64_t> seen;
+  absl::Status s = store_->ChangesSince(meta_.cid(), after, [&](uint64_t entry_op, const store::ChangeEntry& e) {
+    if (entry_op > op) return absl::OkStatus();
+    for (const auto* list : {&e.upserted(), &e.deleted()}) {
+      for (uint64_t id : *list) {
+        const uint32_t slot = SlotOf(id);
+        if (slot >= begin && slot < end && seen.insert(id).second) ids->push_back(id);
+      }
+    }
+    return absl::OkStatus();
+  });
+  if (!s.ok()) return s;
+  return op;
+}
+
+absl::StatusOr<uint64_t> Collection::DeleteSlots(uint32_t begin, uint32_t end) {
+  std::vector<uint64_t> ids;
+  absl::Status s = store_->Scan(
+      meta_.cid(), 8192,
+      [&](const std::vector<uint64_t>& batch, const std::vector<store::StoredRecord>&) {
+        ids.insert(ids.end(), batch.begin(), batch.end());
+        return absl::OkStatus();
+      },
+      begin, end);
+  if (!s.ok()) return s;
+  uint64_t deleted = 0;
+  for (size_t first = 0; first < ids.size(); first += kMaxRecordsPerWrite) {
+    v1::DeleteRequest req;
+    req.mutable_ids()->Add(ids.begin() + first, ids.begin() + std::min(ids.size(), first + kMaxRecordsPerWrite));
+    v1::DeleteResponse resp;
+    if (absl::Status st = Delete(req, &resp); !st.ok()) return st;
+    deleted += resp.deleted();
+  }
+  return deleted;
 }
 
 uint64_t Collection::OpsSinceSnapshot() const {

@@ -7,6 +7,7 @@
 #define SHARDVEC_SHARD_COLLECTION_H_
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -56,6 +57,9 @@ class Collection {
   // uses it too. Installing the template this index already has is a no-op.
   absl::Status InstallTrained(const std::string& trained_template);
 
+  // The shared trained template, "" if the collection was not trained that way.
+  std::string trained_template() const;
+
   // Writes an index snapshot if writes happened since the last one, then trims the
   // change log it covers.
   absl::Status Snapshot();
@@ -64,6 +68,19 @@ class Collection {
 
   // Deletes the collection's records, change log and snapshot.
   absl::Status Drop();
+
+  // Slot migration, source side. ExportSlots calls `fn` with the records of slots
+  // [begin, end) as of one moment and returns that moment's op number; the change
+  // log from there on is kept (pinned) until ChangedIds(release) or kPinLifetime.
+  using ExportFn = std::function<absl::Status(std::vector<v1::Record>* records)>;
+  absl::StatusOr<uint64_t> ExportSlots(uint32_t begin, uint32_t end, const ExportFn& fn);
+  // Ids of the slots written after `after` (deduplicated) and the op reached.
+  absl::StatusOr<uint64_t> ChangedIds(uint32_t begin, uint32_t end, uint64_t after, bool release,
+                                      std::vector<uint64_t>* ids);
+  // Deletes every record of slots [begin, end) through the normal write path.
+  absl::StatusOr<uint64_t> DeleteSlots(uint32_t begin, uint32_t end);
+
+  static constexpr absl::Duration kPinLifetime = absl::Minutes(10);
 
  private:
   Collection(RecordStore* store, store::StoredCollection meta, std::string snapshot_path)
@@ -81,6 +98,11 @@ class Collection {
   mutable absl::Mutex write_mu_;
   uint64_t applied_op_ ABSL_GUARDED_BY(write_mu_) = 0;
   uint64_t snapshot_op_ ABSL_GUARDED_BY(write_mu_) = 0;
+  // Change-log entries up to this op have been trimmed away.
+  uint64_t trimmed_op_ ABSL_GUARDED_BY(write_mu_) = 0;
+  // A migration reads the change log after pin_op_ until pin_expiry_.
+  uint64_t pin_op_ ABSL_GUARDED_BY(write_mu_) = 0;
+  absl::Time pin_expiry_ ABSL_GUARDED_BY(write_mu_) = absl::InfinitePast();
 
   mutable absl::Mutex mu_ ABSL_ACQUIRED_AFTER(write_mu_);
   std::unique_ptr<index::Index> index_ ABSL_GUARDED_BY(mu_);

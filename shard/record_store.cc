@@ -226,9 +226,11 @@ absl::Status RecordStore::Get(uint32_t cid, const std::vector<uint64_t>& ids,
   return absl::OkStatus();
 }
 
-absl::Status RecordStore::Scan(uint32_t cid, int batch, const ScanFn& fn, uint32_t slot_begin, uint32_t slot_end) {
+absl::Status RecordStore::Scan(uint32_t cid, int batch, const ScanFn& fn, uint32_t slot_begin, uint32_t slot_end,
+                               const rocksdb::Snapshot* snapshot) {
   rocksdb::ReadOptions options;
   options.fill_cache = false;
+  options.snapshot = snapshot;
   const std::string end = slot_end >= kNumSlots ? CidPrefix(cid + 1) : SlotKey(cid, slot_end);
   rocksdb::Slice upper(end);
   options.iterate_upper_bound = &upper;

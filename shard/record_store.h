@@ -54,7 +54,13 @@ class RecordStore {
   // in batches of up to `batch` records.
   using ScanFn = std::function<absl::Status(const std::vector<uint64_t>& ids,
                                             const std::vector<store::StoredRecord>& records)>;
-  absl::Status Scan(uint32_t cid, int batch, const ScanFn& fn, uint32_t slot_begin = 0, uint32_t slot_end = 1u << 16);
+  // `snapshot` (optional) reads the store as of GetSnapshot().
+  absl::Status Scan(uint32_t cid, int batch, const ScanFn& fn, uint32_t slot_begin = 0, uint32_t slot_end = 1u << 16,
+                    const rocksdb::Snapshot* snapshot = nullptr);
+
+  // A consistent view for Scan; ReleaseSnapshot when done.
+  const rocksdb::Snapshot* GetSnapshot() { return db_->GetSnapshot(); }
+  void ReleaseSnapshot(const rocksdb::Snapshot* s) { db_->ReleaseSnapshot(s); }
 
   // Change-log entries with op > after, in op order.
   using ChangeFn = std::function<absl::Status(uint64_t op, const store::ChangeEntry& entry)>;

@@ -4,6 +4,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "common/log.h"
+#include "common/slot.h"
 #include "common/status.h"
 #include "common/validate.h"
 
@@ -202,6 +203,81 @@ grpc::Status ShardService::InstallTrained(grpc::ServerContext*, const shardrpc::
   absl::StatusOr<std::shared_ptr<Collection>> c = Find(req->collection());
   if (!c.ok()) return ToGrpc(c.status());
   return ToGrpc((*c)->InstallTrained(req->trained_template()));
+}
+
+grpc::Status ShardService::GetTrained(grpc::ServerContext*, const shardrpc::GetTrainedRequest* req,
+                                      shardrpc::InstallTrainedRequest* resp) {
+  absl::StatusOr<std::shared_ptr<Collection>> c = Find(req->collection());
+  if (!c.ok()) return ToGrpc(c.status());
+  resp->set_collection(req->collection());
+  resp->set_trained_template((*c)->trained_template());
+  return grpc::Status::OK;
+}
+
+namespace {
+
+absl::Status CheckSlots(const shardrpc::SlotsRequest& req) {
+  if (req.slot_begin() >= req.slot_end() || req.slot_end() > kNumSlots) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("slot_begin, slot_end: [", req.slot_begin(), ", ", req.slot_end(), ") is not a slot range"));
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+grpc::Status ShardService::ExportSlots(grpc::ServerContext*, const shardrpc::SlotsRequest* req,
+                                       grpc::ServerWriter<shardrpc::ExportChunk>* writer) {
+  SHARDVEC_RETURN_IF_ERROR_GRPC(CheckSlots(*req));
+  absl::StatusOr<std::shared_ptr<Collection>> c = Find(req->collection());
+  if (!c.ok()) return ToGrpc(c.status());
+  std::vector<shardrpc::ExportChunk> chunks;
+  bool first = true;
+  absl::StatusOr<uint64_t> op = (*c)->ExportSlots(req->slot_begin(), req->slot_end(), [&](std::vector<v1::Record>* recs) {
+    shardrpc::ExportChunk chunk;
+    for (v1::Record& r : *recs) chunk.add_records()->Swap(&r);
+    // The op is known only when the export ends; the first chunk waits for it.
+    if (first) {
+      chunks.push_back(std::move(chunk));
+      first = false;
+      return absl::OkStatus();
+    }
+    if (!writer->Write(chunk)) return absl::CancelledError("the receiver went away");
+    return absl::OkStatus();
+  });
+  if (!op.ok()) return ToGrpc(op.status());
+  shardrpc::ExportChunk last = chunks.empty() ? shardrpc::ExportChunk() : std::move(chunks.front());
+  last.set_op(*op);
+  writer->Write(last);
+  return grpc::Status::OK;
+}
+
+grpc::Status ShardService::ChangedIds(grpc::ServerContext*, const shardrpc::ChangedIdsRequest* req,
+                                      shardrpc::ChangedIdsResponse* resp) {
+  shardrpc::SlotsRequest range;
+  range.set_slot_begin(req->slot_begin());
+  range.set_slot_end(req->slot_end());
+  SHARDVEC_RETURN_IF_ERROR_GRPC(CheckSlots(range));
+  absl::StatusOr<std::shared_ptr<Collection>> c = Find(req->collection());
+  if (!c.ok()) return ToGrpc(c.status());
+  std::vector<uint64_t> ids;
+  absl::StatusOr<uint64_t> op =
+      (*c)->ChangedIds(req->slot_begin(), req->slot_end(), req->after_op(), req->release(), &ids);
+  if (!op.ok()) return ToGrpc(op.status());
+  resp->mutable_ids()->Add(ids.begin(), ids.end());
+  resp->set_op(*op);
+  return grpc::Status::OK;
+}
+
+grpc::Status ShardService::DeleteSlots(grpc::ServerContext*, const shardrpc::SlotsRequest* req,
+                                       shardrpc::DeleteSlotsResponse* resp) {
+  SHARDVEC_RETURN_IF_ERROR_GRPC(CheckSlots(*req));
+  absl::StatusOr<std::shared_ptr<Collection>> c = Find(req->collection());
+  if (!c.ok()) return ToGrpc(c.status());
+  absl::StatusOr<uint64_t> deleted = (*c)->DeleteSlots(req->slot_begin(), req->slot_end());
+  if (!deleted.ok()) return ToGrpc(deleted.status());
+  resp->set_deleted(*deleted);
+  return grpc::Status::OK;
 }
 
 }  // namespace shardvec::shard

@@ -54,6 +54,14 @@ class ShardService final : public shardrpc::Shard::Service {
                      shardrpc::TrainResult* resp) override;
   grpc::Status InstallTrained(grpc::ServerContext* ctx, const shardrpc::InstallTrainedRequest* req,
                               shardrpc::InstallTrainedResponse* resp) override;
+  grpc::Status GetTrained(grpc::ServerContext* ctx, const shardrpc::GetTrainedRequest* req,
+                          shardrpc::InstallTrainedRequest* resp) override;
+  grpc::Status ExportSlots(grpc::ServerContext* ctx, const shardrpc::SlotsRequest* req,
+                           grpc::ServerWriter<shardrpc::ExportChunk>* writer) override;
+  grpc::Status ChangedIds(grpc::ServerContext* ctx, const shardrpc::ChangedIdsRequest* req,
+                          shardrpc::ChangedIdsResponse* resp) override;
+  grpc::Status DeleteSlots(grpc::ServerContext* ctx, const shardrpc::SlotsRequest* req,
+                           shardrpc::DeleteSlotsResponse* resp) override;
 
  private:
   ShardService(ShardServiceOptions options, std::unique_ptr<RecordStore> store)

@@ -162,6 +162,17 @@ absl::Status TestCluster::RestartShard(int i) {
   return shards_[i]->WaitForLine("ready", kStartTimeout).status();
 }
 
+absl::Status TestCluster::RestartRouter() {
+  router_->Stop();
+  const std::string port = router_address_.substr(router_address_.rfind(':') + 1);
+  auto child = ChildProcess::Start({ShardvecBinary(), "router", "serve", "--port", port, "--data-dir",
+                                    absl::StrCat(data_dir_, "/router")},
+                                   absl::StrCat(data_dir_, "/router.log"));
+  if (!child.ok()) return child.status();
+  router_ = *std::move(child);
+  return router_->WaitForLine("ready", kStartTimeout).status();
+}
+
 std::unique_ptr<v1::ShardVec::Stub> TestCluster::Client() const {
   return v1::ShardVec::NewStub(MakeChannel(router_address_));
 }

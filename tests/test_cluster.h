@@ -61,6 +61,9 @@ class TestCluster {
   // Starts shard i again on its address and data directory (after it was stopped
   // or killed) and waits until it serves.
   absl::Status RestartShard(int i);
+  // Starts the router again on its address and data directory.
+  absl::Status RestartRouter();
+  const std::string& data_dir() const { return data_dir_; }
   std::unique_ptr<v1::ShardVec::Stub> Client() const;
   // `shardvec --router ADDRESS args...`
   CliResult Cli(const std::vector<std::string>& args) const;
