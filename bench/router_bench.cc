@@ -214,7 +214,7 @@ int main(int argc, char** argv) {
   using namespace shardvec::bench;
   // The in-process peer gets the same OpenMP setting as the shard servers.
   shardvec::EnsurePassiveOpenMp(argv);
-  shardvec::BlockTerminationSignals();
+  shardvec::InstallTerminationHandler();
   CLI::App app{"router_bench: FAISS in-process vs shardvec through the router"};
   double seconds = 3;
   int64_t flat_rows = 200000, ivf_rows = 1000000;

@@ -243,6 +243,7 @@ absl::Status TrainOnSample(Stub* stub, const std::string& collection, const Floa
   if (grpc::Status s = writer->Finish(); !s.ok()) return FromGrpc(s);
   std::printf("trained %s on %llu sampled vectors, installed on %u shards\n", collection.c_str(),
               static_cast<unsigned long long>(resp.samples()), resp.shards());
+  std::fflush(stdout);  // a caller timing the phases reads this line as it comes
   return absl::OkStatus();
 }
 

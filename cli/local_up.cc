@@ -12,6 +12,7 @@
 #include "absl/strings/str_join.h"
 #include "common/log.h"
 #include "common/process.h"
+#include "common/server_util.h"
 
 namespace shardvec::cli {
 namespace {
@@ -23,18 +24,12 @@ int Error(const std::string& msg) {
   return 1;
 }
 
-// Waits for SIGINT/SIGTERM (blocked by main) while watching the children; returns
-// early, with a message, if the router exits on its own.
+// Waits for SIGINT/SIGTERM while watching the children; returns early, with a
+// message, if the router exits on its own.
 void Supervise(ChildProcess* router, const std::vector<std::unique_ptr<ChildProcess>>& shards) {
-  sigset_t set;
-  sigemptyset(&set);
-  sigaddset(&set, SIGINT);
-  sigaddset(&set, SIGTERM);
   std::vector<bool> reported(shards.size(), false);
   while (true) {
-    timespec one_second{1, 0};
-    int sig = sigtimedwait(&set, nullptr, &one_second);
-    if (sig == SIGINT || sig == SIGTERM) {
+    if (int sig = WaitForTerminationSignalFor(absl::Seconds(1)); sig != 0) {
       LogInfo("local: signal %d, stopping the cluster", sig);
       return;
     }
@@ -103,8 +98,9 @@ int LocalUp(const LocalUpOptions& o) {
 
   Supervise(router->get(), shards);
   (*router)->Stop();
+  // Shards write index snapshots on the way down: give them time (at most a minute).
   for (auto& s : shards) s->Signal(SIGTERM);
-  for (auto& s : shards) s->Stop();
+  for (auto& s : shards) s->Stop(absl::Minutes(1));
   std::printf("shardvec local cluster stopped\n");
   return 0;
 }

@@ -16,8 +16,8 @@ int main(int argc, char** argv) {
   if (argc >= 3 && (std::string(argv[1]) == "shard" || std::string(argv[1]) == "local")) {
     shardvec::EnsurePassiveOpenMp(argv);
   }
-  // Before any thread starts, so that servers can wait for these signals.
-  shardvec::BlockTerminationSignals();
+  // SIGINT/SIGTERM become a clean shutdown (servers snapshot, local up stops children).
+  shardvec::InstallTerminationHandler();
 
   CLI::App app{"shardvec: sharded vector search for retrieval-augmented generation"};
   app.require_subcommand(1);

@@ -1,10 +1,13 @@
 #include "common/server_util.h"
 
+#include <fcntl.h>
+#include <poll.h>
 #include <signal.h>
 #include <stdlib.h>
 #include <unistd.h>
 
 #include <cstdio>
+#include <algorithm>
 #include <cstring>
 
 #include "absl/strings/str_cat.h"
@@ -14,27 +17,43 @@
 namespace shardvec {
 namespace {
 
-sigset_t TerminationSignals() {
-  sigset_t set;
-  sigemptyset(&set);
-  sigaddset(&set, SIGINT);
-  sigaddset(&set, SIGTERM);
-  return set;
+int g_signal_pipe[2] = {-1, -1};
+
+void OnTerminationSignal(int sig) {
+  const char c = static_cast<char>(sig);
+  ssize_t ignored = ::write(g_signal_pipe[1], &c, 1);
+  (void)ignored;
 }
 
 }  // namespace
 
-void BlockTerminationSignals() {
-  sigset_t set = TerminationSignals();
-  pthread_sigmask(SIG_BLOCK, &set, nullptr);
+void InstallTerminationHandler() {
+  if (g_signal_pipe[0] >= 0) return;
+  if (::pipe2(g_signal_pipe, O_CLOEXEC | O_NONBLOCK) != 0) return;
+  struct sigaction action {};
+  action.sa_handler = OnTerminationSignal;
+  sigemptyset(&action.sa_mask);
+  action.sa_flags = SA_RESTART;
+  ::sigaction(SIGINT, &action, nullptr);
+  ::sigaction(SIGTERM, &action, nullptr);
+}
+
+int WaitForTerminationSignalFor(absl::Duration timeout) {
+  const absl::Time deadline = absl::Now() + timeout;
+  while (true) {
+    char c = 0;
+    if (::read(g_signal_pipe[0], &c, 1) == 1) return c;
+    const absl::Duration left = deadline - absl::Now();
+    if (left <= absl::ZeroDuration()) return 0;
+    pollfd p{g_signal_pipe[0], POLLIN, 0};
+    ::poll(&p, 1, static_cast<int>(std::min<int64_t>(absl::ToInt64Milliseconds(left) + 1, 1000)));
+  }
 }
 
 int WaitForTerminationSignal() {
-  sigset_t set = TerminationSignals();
-  int sig = 0;
-  while (sigwait(&set, &sig) != 0) {
+  while (true) {
+    if (int sig = WaitForTerminationSignalFor(absl::Hours(1)); sig != 0) return sig;
   }
-  return sig;
 }
 
 void EnsurePassiveOpenMp(char** argv) {

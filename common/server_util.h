@@ -6,16 +6,21 @@
 #include <memory>
 #include <string>
 
+#include "absl/time/time.h"
 #include "grpcpp/grpcpp.h"
 
 namespace shardvec {
 
-// Blocks SIGINT and SIGTERM in the calling thread and every thread it creates later;
-// call first thing in main(), before any thread starts.
-void BlockTerminationSignals();
+// Routes SIGINT and SIGTERM to a self-pipe instead of their default action (which
+// would kill the process from whichever thread, an OpenBLAS worker say, the kernel
+// picks). Call first thing in main().
+void InstallTerminationHandler();
 
-// Waits until SIGINT or SIGTERM arrives (they must be blocked); returns its number.
+// Waits until SIGINT or SIGTERM arrives; returns its number.
 int WaitForTerminationSignal();
+
+// Like WaitForTerminationSignal, for at most `timeout`; 0 if none arrived.
+int WaitForTerminationSignalFor(absl::Duration timeout);
 
 // libgomp reads OMP_WAIT_POLICY once, when it loads. Its default busy-waiting workers
 // compete with OpenBLAS's threads for the same cores (batch-256 Flat search ran 4-6x

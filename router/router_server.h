@@ -17,7 +17,7 @@ struct RouterServerOptions {
 };
 
 // Prints "shardvec-router ready on HOST:PORT" on stdout once serving. Returns the
-// process exit code. The caller must have called BlockTerminationSignals().
+// process exit code. The caller must have called InstallTerminationHandler().
 int RunRouterServer(const RouterServerOptions& options);
 
 }  // namespace shardvec::router

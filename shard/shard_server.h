@@ -17,7 +17,7 @@ struct ShardServerOptions {
 };
 
 // Prints "shardvec-shard ready on HOST:PORT" on stdout once serving. Returns the
-// process exit code. The caller must have called BlockTerminationSignals().
+// process exit code. The caller must have called InstallTerminationHandler().
 int RunShardServer(const ShardServerOptions& options);
 
 }  // namespace shardvec::shard
