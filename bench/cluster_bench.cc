@@ -121,15 +121,16 @@ void LoadRates(const std::string& base, int64_t rows) {
   }
 }
 
-void RestartTimes(const std::string& base, int64_t rows) {
-  std::printf("\n## Restart of a 3-shard cluster holding %lld x 128 (Flat)\n\n", static_cast<long long>(rows));
+void RestartTimes(const std::string& base, int64_t rows, const std::string& index) {
+  std::printf("\n## Restart of a 3-shard cluster holding %lld x 128 (%s)\n\n", static_cast<long long>(rows),
+              index.c_str());
   std::printf("| start | seconds until ready |\n|---|---:|\n");
   const std::string dir = absl::StrCat("/tmp/shardvec-bench-restart-", getpid());
   std::filesystem::remove_all(dir);
   const int port = NextPort();
   {
     Cluster c = Up(3, dir, port);
-    Shardvec({"--router", c.router, "collection", "create", "b", "--dim", "128"});
+    Shardvec({"--router", c.router, "collection", "create", "b", "--dim", "128", "--index", index});
     Shardvec({"--router", c.router, "ingest", "b", base});
     c.process->Stop(absl::Minutes(5));  // SIGTERM: each shard writes its snapshot
   }
@@ -258,7 +259,10 @@ int main(int argc, char** argv) {
     Shardvec({"gen", base, "--rows", std::to_string(rows), "--dim", "128", "--clusters", "2000"});
   }
   if (only.empty() || only == "load") LoadRates(base, rows);
-  if (only.empty() || only == "restart") RestartTimes(base, rows);
+  if (only.empty() || only == "restart") {
+    RestartTimes(base, rows, "Flat");
+    RestartTimes(base, rows, "IVF1024,Flat");
+  }
   if (only.empty() || only == "move") MoveTime(base, rows);
   if (only.empty() || only == "rss") {
     const std::string stream = absl::StrCat("/tmp/shardvec-bench-stream-", stream_rows, ".fvecs");

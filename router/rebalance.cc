@@ -207,6 +207,7 @@ absl::Status RouterService::MoveSlots(const std::string& source_id, const std::s
     // Roll back: the source still owns the slots; the target's partial copy goes.
     LogInfo("move of slots [%d, %d) from %s to %s failed, rolling back: %s", begin, end, source_id, target_id,
             status.ToString());
+    bool cleared_all = true;
     for (const v1::CollectionSpec& spec : topo->map.collections()) {
       shardrpc::SlotsRequest range;
       range.set_collection(spec.name());
@@ -214,11 +215,16 @@ absl::Status RouterService::MoveSlots(const std::string& source_id, const std::s
       range.set_slot_end(end);
       shardrpc::DeleteSlotsResponse cleared;
       grpc::ClientContext ctx;
-      target->stub->DeleteSlots(WithDeadline(&ctx, options_.write_timeout), range, &cleared);
+      cleared_all = target->stub->DeleteSlots(WithDeadline(&ctx, options_.write_timeout), range, &cleared).ok() &&
+                    cleared_all;
     }
-    cluster::ClusterMap map = Snapshot()->map;
-    DropMigration(&map, begin);
-    Publish(std::move(map)).IgnoreError();
+    // A target that cannot be cleared now (it crashed, say) keeps the move in the
+    // map as COPYING: a restarted router clears it first and redoes the move.
+    if (cleared_all) {
+      cluster::ClusterMap map = Snapshot()->map;
+      DropMigration(&map, begin);
+      Publish(std::move(map)).IgnoreError();
+    }
     return status;
   }
   for (const v1::CollectionSpec& spec : topo->map.collections()) {
