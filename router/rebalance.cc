@@ -57,6 +57,29 @@ void DropMigration(cluster::ClusterMap* map, uint32_t begin) {
             ms->end());
 }
 
+// Deletes slots [begin, end) of the given collections on one shard.
+absl::Status ClearSlots(const ShardConn& shard, const std::vector<std::string>& collections, uint32_t begin,
+                        uint32_t end, absl::Duration timeout) {
+  for (const std::string& name : collections) {
+    shardrpc::SlotsRequest range;
+    range.set_collection(name);
+    range.set_slot_begin(begin);
+    range.set_slot_end(end);
+    shardrpc::DeleteSlotsResponse cleared;
+    grpc::ClientContext ctx;
+    if (grpc::Status s = shard.stub->DeleteSlots(WithDeadline(&ctx, timeout), range, &cleared); !s.ok()) {
+      return Named(shard, s);
+    }
+  }
+  return absl::OkStatus();
+}
+
+std::vector<std::string> CollectionNames(const cluster::ClusterMap& map) {
+  std::vector<std::string> names;
+  for (const v1::CollectionSpec& spec : map.collections()) names.push_back(spec.name());
+  return names;
+}
+
 // The last up-to-kMaxSlotsPerMove slots of a shard's highest range.
 std::pair<uint32_t, uint32_t> TakeChunk(const cluster::ShardEntry& shard, uint32_t want) {
   const v1::SlotRange& last = shard.slots(shard.slots_size() - 1);
@@ -107,18 +130,11 @@ absl::Status RouterService::CopyIds(const ShardConn& source, const ShardConn& ta
 absl::Status RouterService::CopySlotsOf(const ShardConn& source, const ShardConn& target,
                                         const std::string& collection, uint32_t begin, uint32_t end, uint64_t* op,
                                         MoveStats* stats) {
+  if (absl::Status s = ClearSlots(target, {collection}, begin, end, options_.write_timeout); !s.ok()) return s;
   shardrpc::SlotsRequest range;
   range.set_collection(collection);
   range.set_slot_begin(begin);
   range.set_slot_end(end);
-  {
-    shardrpc::DeleteSlotsResponse cleared;
-    grpc::ClientContext ctx;
-    if (grpc::Status s = target.stub->DeleteSlots(WithDeadline(&ctx, options_.write_timeout), range, &cleared);
-        !s.ok()) {
-      return Named(target, s);
-    }
-  }
   grpc::ClientContext export_ctx;
   std::unique_ptr<grpc::ClientReader<shardrpc::ExportChunk>> reader =
       source.stub->ExportSlots(WithDeadline(&export_ctx, options_.write_timeout), range);
@@ -207,38 +223,18 @@ absl::Status RouterService::MoveSlots(const std::string& source_id, const std::s
     // Roll back: the source still owns the slots; the target's partial copy goes.
     LogInfo("move of slots [%d, %d) from %s to %s failed, rolling back: %s", begin, end, source_id, target_id,
             status.ToString());
-    bool cleared_all = true;
-    for (const v1::CollectionSpec& spec : topo->map.collections()) {
-      shardrpc::SlotsRequest range;
-      range.set_collection(spec.name());
-      range.set_slot_begin(begin);
-      range.set_slot_end(end);
-      shardrpc::DeleteSlotsResponse cleared;
-      grpc::ClientContext ctx;
-      cleared_all = target->stub->DeleteSlots(WithDeadline(&ctx, options_.write_timeout), range, &cleared).ok() &&
-                    cleared_all;
-    }
     // A target that cannot be cleared now (it crashed, say) keeps the move in the
     // map as COPYING: a restarted router clears it first and redoes the move.
-    if (cleared_all) {
+    if (ClearSlots(*target, CollectionNames(topo->map), begin, end, options_.write_timeout).ok()) {
       cluster::ClusterMap map = Snapshot()->map;
       DropMigration(&map, begin);
       Publish(std::move(map)).IgnoreError();
     }
     return status;
   }
-  for (const v1::CollectionSpec& spec : topo->map.collections()) {
-    shardrpc::SlotsRequest range;
-    range.set_collection(spec.name());
-    range.set_slot_begin(begin);
-    range.set_slot_end(end);
-    shardrpc::DeleteSlotsResponse cleared;
-    grpc::ClientContext ctx;
-    if (grpc::Status s = source->stub->DeleteSlots(WithDeadline(&ctx, options_.write_timeout), range, &cleared);
-        !s.ok()) {
-      // The map keeps the move in CLEANUP; a restart or the next move retries.
-      return Named(*source, s);
-    }
+  // On failure the map keeps the move in CLEANUP, and a restarted router retries.
+  if (absl::Status s = ClearSlots(*source, CollectionNames(topo->map), begin, end, options_.write_timeout); !s.ok()) {
+    return s;
   }
   cluster::ClusterMap map = Snapshot()->map;
   DropMigration(&map, begin);
@@ -261,18 +257,11 @@ absl::Status RouterService::ResumeMigrations() {
       continue;
     }
     auto topo = Snapshot();
-    const ShardConn* source = ConnOf(*topo, m.source_id());
-    for (const v1::CollectionSpec& spec : topo->map.collections()) {
-      if (source == nullptr) break;
-      shardrpc::SlotsRequest range;
-      range.set_collection(spec.name());
-      range.set_slot_begin(m.slots().begin());
-      range.set_slot_end(m.slots().end());
-      shardrpc::DeleteSlotsResponse cleared;
-      grpc::ClientContext ctx;
-      if (grpc::Status s = source->stub->DeleteSlots(WithDeadline(&ctx, options_.write_timeout), range, &cleared);
+    if (const ShardConn* source = ConnOf(*topo, m.source_id()); source != nullptr) {
+      if (absl::Status s = ClearSlots(*source, CollectionNames(topo->map), m.slots().begin(), m.slots().end(),
+                                      options_.write_timeout);
           !s.ok()) {
-        return Named(*source, s);
+        return s;
       }
     }
     cluster::ClusterMap next = Snapshot()->map;
