@@ -1,4 +1,6 @@
 // shardvec: the command-line client and local launcher. See README.md for usage.
+#include <malloc.h>
+
 #include <cstdio>
 #include <string>
 #include <vector>
@@ -11,6 +13,10 @@
 #include "shard/shard_server.h"
 
 int main(int argc, char** argv) {
+  // Bulk loads allocate and free multi-megabyte message buffers all the time; served
+  // from the heap instead of fresh mmaps, they skip a page fault and zeroing per page.
+  mallopt(M_MMAP_THRESHOLD, 256 << 20);
+  mallopt(M_TRIM_THRESHOLD, 512 << 20);
   // Servers search with FAISS: make its OpenMP workers wait passively (re-executing
   // once if needed) before anything else runs. `local up` passes it to its children.
   if (argc >= 3 && (std::string(argv[1]) == "shard" || std::string(argv[1]) == "local")) {
