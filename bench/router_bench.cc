@@ -167,6 +167,23 @@ absl::StatusOr<std::vector<Row>> ThroughRouter(const Dataset& d, int shards, dou
     return absl::InternalError(s.error_message());
   }
   const absl::Time t0 = absl::Now();
+  if (d.index != "Flat") {
+    // Shared training on the same sample the in-process index trains on.
+    v1::TrainResponse trained;
+    grpc::ClientContext train_ctx;
+    auto writer = stub->Train(&train_ctx, &trained);
+    const int64_t sample = std::min<int64_t>(d.base.rows, 256 * 1024);
+    for (int64_t first = 0; first < sample; first += 4096) {
+      v1::TrainRequest msg;
+      msg.set_collection("bench");
+      for (int64_t i = first; i < std::min(sample, first + 4096); ++i) {
+        msg.add_samples()->mutable_values()->Add(d.base.row(i), d.base.row(i) + d.base.dim);
+      }
+      writer->Write(msg);
+    }
+    writer->WritesDone();
+    if (grpc::Status s = writer->Finish(); !s.ok()) return absl::InternalError(s.error_message());
+  }
   if (absl::Status s = UpsertAll(stub.get(), "bench", d.base); !s.ok()) return s;
   std::fprintf(stderr, "  %d shard(s): loaded %lld vectors in %.1f s\n", shards, static_cast<long long>(d.base.rows),
                absl::ToDoubleSeconds(absl::Now() - t0));
