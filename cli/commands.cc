@@ -258,30 +258,36 @@ absl::Status ToRecords(const SourceBatch& batch, const std::string& file, IvecsR
                                                         batch.first_row + id_rows.rows));
     }
   }
-  msg->mutable_records()->Reserve(static_cast<int>(batch.vectors.rows));
-  for (int64_t i = 0; i < batch.vectors.rows; ++i) {
-    v1::Record* r = msg->add_records();
+  // Columnar: one buffer of vectors per message (RecordBlock).
+  const int64_t n = batch.vectors.rows;
+  const int dim = batch.vectors.dim;
+  for (int64_t i = 0; i < n * dim; ++i) {
+    if (!std::isfinite(batch.vectors.data[i])) {
+      return absl::InvalidArgumentError(absl::StrFormat("%s: row %d: component %d is %s", file,
+                                                        batch.first_row + i / dim, i % dim,
+                                                        std::isnan(batch.vectors.data[i]) ? "NaN" : "Inf"));
+    }
+  }
+  v1::RecordBlock* block = msg->mutable_block();
+  block->mutable_ids()->Reserve(static_cast<int>(n));
+  for (int64_t i = 0; i < n; ++i) {
     if (ids != nullptr) {
       if (id_rows.data[i] < 0) {
         return absl::InvalidArgumentError(
             absl::StrFormat("%s: row %d: negative id %d", ids_path, batch.first_row + i, id_rows.data[i]));
       }
-      r->set_id(static_cast<uint64_t>(id_rows.data[i]));
+      block->add_ids(static_cast<uint64_t>(id_rows.data[i]));
     } else {
-      r->set_id(batch.ids.empty() ? static_cast<uint64_t>(batch.first_row + i) : batch.ids[i]);
+      block->add_ids(batch.ids.empty() ? static_cast<uint64_t>(batch.first_row + i) : batch.ids[i]);
     }
-    const float* row = batch.vectors.row(i);
-    for (int j = 0; j < batch.vectors.dim; ++j) {
-      if (!std::isfinite(row[j])) {
-        return absl::InvalidArgumentError(absl::StrFormat("%s: row %d: component %d is %s", file,
-                                                          batch.first_row + i, j, std::isnan(row[j]) ? "NaN" : "Inf"));
-      }
+  }
+  block->set_vectors(reinterpret_cast<const char*>(batch.vectors.data.data()), n * dim * sizeof(float));
+  if (!batch.texts.empty() || !batch.metadata.empty()) {
+    for (int64_t i = 0; i < n; ++i) {
+      v1::Payload* payload = block->add_payloads();
+      if (!batch.texts.empty()) payload->set_text(batch.texts[i]);
+      if (!batch.metadata.empty()) payload->mutable_metadata()->insert(batch.metadata[i].begin(), batch.metadata[i].end());
     }
-    r->mutable_vector()->Add(row, row + batch.vectors.dim);
-    const bool has_text = !batch.texts.empty() && !batch.texts[i].empty();
-    const bool has_meta = !batch.metadata.empty() && !batch.metadata[i].empty();
-    if (has_text) r->mutable_payload()->set_text(batch.texts[i]);
-    if (has_meta) r->mutable_payload()->mutable_metadata()->insert(batch.metadata[i].begin(), batch.metadata[i].end());
   }
   return absl::OkStatus();
 }
@@ -308,6 +314,11 @@ int Ingest(const std::string& router, const IngestOptions& o) {
     grpc::ClientContext ctx;
     SetDeadline(&ctx, absl::Seconds(30));
     if (grpc::Status s = stub->DescribeCollection(&ctx, describe, &info); !s.ok()) return Fail(s);
+  }
+  if ((*source)->dim() != static_cast<int>(info.collection().spec().dim())) {
+    return Fail(absl::InvalidArgumentError(absl::StrFormat("%s: dimension %d does not match collection '%s' (dim %d)",
+                                                           o.file, (*source)->dim(), o.collection,
+                                                           info.collection().spec().dim())));
   }
   if (!info.collection().trained()) {
     absl::StatusOr<FloatMatrix> sample = SampleRows(source->get(), o.train_size);

@@ -62,12 +62,49 @@ absl::Status NormalizeCollectionSpec(v1::CollectionSpec* spec) {
   return absl::OkStatus();
 }
 
-absl::Status ValidateUpsert(const v1::CollectionSpec& spec, const v1::UpsertRequest& req) {
-  if (req.records_size() == 0) return Invalid("records: empty batch");
-  if (req.records_size() > kMaxRecordsPerWrite) {
-    return Invalid(absl::StrFormat("records: batch of %d exceeds the limit of %d per request",
-                                   req.records_size(), kMaxRecordsPerWrite));
+absl::Status ValidateBlock(const v1::CollectionSpec& spec, const v1::RecordBlock& block) {
+  const size_t n = static_cast<size_t>(block.ids_size());
+  const size_t row_bytes = static_cast<size_t>(spec.dim()) * sizeof(float);
+  if (block.vectors().size() != n * row_bytes) {
+    return Invalid(absl::StrFormat(
+        "block.vectors: %d bytes for %d ids does not match collection '%s' (dim %d, so %d bytes)",
+        block.vectors().size(), n, spec.name(), spec.dim(), n * row_bytes));
   }
+  if (block.payloads_size() != 0 && static_cast<size_t>(block.payloads_size()) != n) {
+    return Invalid(absl::StrFormat("block.payloads: %d, expected none or one per id (%d)", block.payloads_size(), n));
+  }
+  const float* x = reinterpret_cast<const float*>(block.vectors().data());
+  bool all_finite = true;
+  for (size_t i = 0; i < n * spec.dim(); ++i) all_finite &= (x[i] - x[i] == 0.0f);
+  for (size_t i = 0; i < n && !all_finite; ++i) {
+    for (uint32_t j = 0; j < spec.dim(); ++j) {
+      const float v = x[i * spec.dim() + j];
+      if (!std::isfinite(v)) {
+        return Invalid(absl::StrFormat("block.vectors[%d][%d]: %s is not allowed in a vector", i, j,
+                                       std::isnan(v) ? "NaN" : "Inf"));
+      }
+    }
+  }
+  for (size_t i = 0; i < n; ++i) {
+    if (block.ids(static_cast<int>(i)) == ~uint64_t{0}) {
+      return Invalid(absl::StrFormat("block.ids[%d]: 18446744073709551615 is reserved", i));
+    }
+    if (block.payloads_size() > 0 &&
+        block.payloads(static_cast<int>(i)).ByteSizeLong() > static_cast<size_t>(kMaxPayloadBytes)) {
+      return Invalid(absl::StrFormat("block.payloads[%d]: exceeds the limit of %d bytes", i, kMaxPayloadBytes));
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::Status ValidateUpsert(const v1::CollectionSpec& spec, const v1::UpsertRequest& req) {
+  const int total = req.records_size() + req.block().ids_size();
+  if (total == 0) return Invalid("records: empty batch");
+  if (total > kMaxRecordsPerWrite) {
+    return Invalid(absl::StrFormat("records: batch of %d exceeds the limit of %d per request", total,
+                                   kMaxRecordsPerWrite));
+  }
+  if (absl::Status s = ValidateBlock(spec, req.block()); !s.ok()) return s;
   for (int i = 0; i < req.records_size(); ++i) {
     const v1::Record& r = req.records(i);
     if (r.id() == ~uint64_t{0}) {

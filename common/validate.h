@@ -28,6 +28,7 @@ absl::Status ValidateCollectionName(const std::string& name);
 // Fills defaults (metric L2, index "Flat", device CPU) and validates.
 absl::Status NormalizeCollectionSpec(v1::CollectionSpec* spec);
 
+// Both the records and the columnar block (its vector bytes must be ids x dim x 4).
 absl::Status ValidateUpsert(const v1::CollectionSpec& spec, const v1::UpsertRequest& req);
 absl::Status ValidateIds(const char* field, const google::protobuf::RepeatedField<uint64_t>& ids);
 // Samples of one TrainRequest message: dimension and finiteness.

@@ -5,6 +5,7 @@
 #include "absl/strings/str_cat.h"
 #include "common/slot.h"
 #include "common/status.h"
+#include "router/split.h"
 
 namespace shardvec::router {
 
@@ -14,6 +15,7 @@ IngestSession::IngestSession(RouterService* router, std::string collection, Inge
       collection_(std::move(collection)),
       options_(options),
       lanes_(topo_->shards.size()) {
+  dim_ = static_cast<int>(topo_->collections.at(collection_).dim());
   for (int s = 0; s < static_cast<int>(lanes_.size()); ++s) {
     Lane& lane = lanes_[s];
     lane.pending.set_collection(collection_);
@@ -37,15 +39,14 @@ absl::Status IngestSession::Send(Routed* routed) {
   // Group by the current owners; with an unchanged map that is one group.
   std::vector<v1::UpsertRequest> parts(now->shards.size());
   if (now->map.epoch() == routed->epoch) {
-    const int owner = now->slot_owner[SlotOf(routed->batch.records(0).id())];
-    parts[owner].Swap(&routed->batch);
+    const uint64_t first = routed->batch.records_size() > 0 ? routed->batch.records(0).id()
+                                                            : routed->batch.block().ids(0);
+    parts[now->slot_owner[SlotOf(first)]].Swap(&routed->batch);
   } else {
-    for (v1::Record& r : *routed->batch.mutable_records()) {
-      parts[now->slot_owner[SlotOf(r.id())]].add_records()->Swap(&r);
-    }
+    parts = SplitByOwner(*now, dim_, &routed->batch);
   }
   for (size_t s = 0; s < parts.size(); ++s) {
-    if (parts[s].records_size() == 0) continue;
+    if (RecordCount(parts[s]) == 0) continue;
     parts[s].set_collection(collection_);
     const ShardConn& conn = now->shards[s];
     v1::UpsertResponse resp;
@@ -78,18 +79,20 @@ void IngestSession::SendLoop(int shard) {
 
 bool IngestSession::Flush(int shard) {
   Lane& lane = lanes_[shard];
-  if (lane.pending.records_size() == 0) return true;
+  if (RecordCount(lane.pending) == 0) return true;
   Routed routed;
   routed.epoch = topo_->map.epoch();
-  routed.batch.mutable_records()->Swap(lane.pending.mutable_records());
+  routed.batch.Swap(&lane.pending);
+  lane.pending.set_collection(collection_);
   return lane.queue->Push(std::move(routed));
 }
 
-bool IngestSession::Add(google::protobuf::RepeatedPtrField<v1::Record>* records) {
-  for (v1::Record& r : *records) {
-    const int shard = topo_->slot_owner[SlotOf(r.id())];
-    lanes_[shard].pending.add_records()->Swap(&r);
-    if (lanes_[shard].pending.records_size() >= options_.batch_records && !Flush(shard)) return false;
+bool IngestSession::Add(v1::UpsertRequest* batch) {
+  std::vector<v1::UpsertRequest> parts = SplitByOwner(*topo_, dim_, batch);
+  for (int shard = 0; shard < static_cast<int>(parts.size()); ++shard) {
+    if (RecordCount(parts[shard]) == 0) continue;
+    Append(dim_, &parts[shard], &lanes_[shard].pending);
+    if (RecordCount(lanes_[shard].pending) >= options_.batch_records && !Flush(shard)) return false;
   }
   return true;
 }

@@ -36,9 +36,9 @@ class IngestSession {
   IngestSession(const IngestSession&) = delete;
   IngestSession& operator=(const IngestSession&) = delete;
 
-  // Routes already validated records (moved out of `records`); false once a shard
-  // has failed.
-  bool Add(google::protobuf::RepeatedPtrField<v1::Record>* records);
+  // Routes an already validated batch (its records are moved out); false once a
+  // shard has failed.
+  bool Add(v1::UpsertRequest* batch);
   // Sends what is buffered, waits for every batch, and returns the first error.
   absl::Status Finish();
 
@@ -60,6 +60,7 @@ class IngestSession {
   RouterService* const router_;
   const std::shared_ptr<const Topology> topo_;
   const std::string collection_;
+  int dim_ = 0;
   const IngestOptions options_;
   std::vector<Lane> lanes_;
   absl::Mutex mu_;

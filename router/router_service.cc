@@ -14,6 +14,7 @@
 #include "router/fan_out.h"
 #include "router/ingest.h"
 #include "router/merge.h"
+#include "router/split.h"
 
 namespace shardvec::router {
 namespace {
@@ -248,14 +249,11 @@ grpc::Status RouterService::Upsert(grpc::ServerContext* ctx, const v1::UpsertReq
   if (!spec.ok()) return ToGrpc(spec.status());
   SHARDVEC_RETURN_IF_ERROR_GRPC(ValidateUpsert(*spec, *req));
 
-  std::vector<v1::UpsertRequest> parts(topo->shards.size());
-  for (const v1::Record& r : req->records()) *parts[topo->slot_owner[SlotOf(r.id())]].add_records() = r;
+  v1::UpsertRequest copy = *req;
+  std::vector<v1::UpsertRequest> parts = SplitByOwner(*topo, static_cast<int>(spec->dim()), &copy);
   std::vector<int> targets;
   for (int s = 0; s < static_cast<int>(parts.size()); ++s) {
-    if (parts[s].records_size() > 0) {
-      parts[s].set_collection(req->collection());
-      targets.push_back(s);
-    }
+    if (RecordCount(parts[s]) > 0) targets.push_back(s);
   }
   auto replies = FanOut<v1::UpsertResponse>(
       targets, Deadline(ctx, 0, options_.write_timeout),
@@ -265,7 +263,7 @@ grpc::Status RouterService::Upsert(grpc::ServerContext* ctx, const v1::UpsertReq
   // Shards apply their part atomically; a failed shard leaves the others' parts
   // applied, and an upsert is idempotent, so the client retries the whole batch.
   SHARDVEC_RETURN_IF_ERROR_GRPC(FirstError(*topo, replies));
-  resp->set_upserted(req->records_size());
+  resp->set_upserted(RecordCount(*req));
   return grpc::Status::OK;
 }
 
@@ -391,14 +389,16 @@ grpc::Status RouterService::Ingest(grpc::ServerContext* ctx, grpc::ServerReader<
           absl::StrCat("collection: message ", message, " names '", msg.collection(), "', the stream is for '",
                        spec->name(), "'")));
     }
-    if (msg.records_size() == 0) continue;
     v1::UpsertRequest check;
+    check.set_collection(spec->name());
     check.mutable_records()->Swap(msg.mutable_records());
+    check.mutable_block()->Swap(msg.mutable_block());
+    if (RecordCount(check) == 0) continue;
     if (absl::Status s = ValidateUpsert(*spec, check); !s.ok()) {
       return ToGrpc(absl::Status(s.code(), absl::StrCat("message ", message, ": ", s.message())));
     }
-    ingested += check.records_size();
-    if (!session.Add(check.mutable_records())) break;
+    ingested += RecordCount(check);
+    if (!session.Add(&check)) break;
   } while (++message, reader->Read(&msg));
   SHARDVEC_RETURN_IF_ERROR_GRPC(session.Finish());
   if (ctx->IsCancelled()) return grpc::Status(grpc::StatusCode::CANCELLED, "the client cancelled the stream");

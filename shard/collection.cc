@@ -157,18 +157,30 @@ absl::Status Collection::Refresh(const std::vector<uint64_t>& ids) {
 
 absl::Status Collection::Upsert(const v1::UpsertRequest& req, v1::UpsertResponse* resp) {
   if (absl::Status s = ValidateUpsert(spec(), req); !s.ok()) return s;
-  const int n = req.records_size();
   const int dim = static_cast<int>(spec().dim());
+  const v1::RecordBlock& block = req.block();
+  const int n = req.records_size() + block.ids_size();
   WriteSet writes;
-  writes.upsert_ids.resize(n);
-  writes.upsert_records.resize(n);
-  std::vector<float> vectors(static_cast<size_t>(n) * dim);
-  for (int i = 0; i < n; ++i) {
-    const v1::Record& r = req.records(i);
-    writes.upsert_ids[i] = r.id();
-    *writes.upsert_records[i].mutable_vector() = r.vector();
-    if (r.has_payload()) *writes.upsert_records[i].mutable_payload() = r.payload();
-    std::copy(r.vector().begin(), r.vector().end(), vectors.begin() + static_cast<size_t>(i) * dim);
+  writes.upsert_ids.reserve(n);
+  writes.upsert_values.reserve(n);
+  for (const v1::Record& r : req.records()) {
+    writes.upsert_ids.push_back(r.id());
+    writes.upsert_values.push_back(EncodeRecord(r.vector().data(), dim, r.has_payload() ? &r.payload() : nullptr));
+  }
+  const float* block_x = reinterpret_cast<const float*>(block.vectors().data());
+  for (int i = 0; i < block.ids_size(); ++i) {
+    writes.upsert_ids.push_back(block.ids(i));
+    writes.upsert_values.push_back(
+        EncodeRecord(block_x + static_cast<size_t>(i) * dim, dim, block.payloads_size() > 0 ? &block.payloads(i) : nullptr));
+  }
+  // The index wants one row-major array: a block alone already is one.
+  std::vector<float> gathered;
+  const float* vectors = block_x;
+  if (req.records_size() > 0) {
+    gathered.reserve(static_cast<size_t>(n) * dim);
+    for (const v1::Record& r : req.records()) gathered.insert(gathered.end(), r.vector().begin(), r.vector().end());
+    gathered.insert(gathered.end(), block_x, block_x + static_cast<size_t>(block.ids_size()) * dim);
+    vectors = gathered.data();
   }
   absl::MutexLock write_lock(&write_mu_);
   absl::StatusOr<uint64_t> op = store_->Write(meta_.cid(), writes);
@@ -176,7 +188,7 @@ absl::Status Collection::Upsert(const v1::UpsertRequest& req, v1::UpsertResponse
   absl::Status s;
   {
     absl::MutexLock lock(&mu_);
-    s = index_->Upsert(n, writes.upsert_ids.data(), vectors.data());
+    s = index_->Upsert(n, writes.upsert_ids.data(), vectors);
   }
   applied_op_ = *op;
   if (!s.ok()) {

@@ -60,6 +60,36 @@ rocksdb::WriteOptions Synced() {
 
 }  // namespace
 
+namespace {
+
+void AppendVarint(std::string* out, uint64_t v) {
+  while (v >= 0x80) {
+    out->push_back(static_cast<char>(v | 0x80));
+    v >>= 7;
+  }
+  out->push_back(static_cast<char>(v));
+}
+
+}  // namespace
+
+std::string EncodeRecord(const float* vector, int dim, const v1::Payload* payload) {
+  // StoredRecord: field 1 `vector` (packed floats, little-endian), field 2 `payload`.
+  static_assert(sizeof(float) == 4, "float32");
+  const size_t vector_bytes = static_cast<size_t>(dim) * sizeof(float);
+  const size_t payload_bytes = payload != nullptr ? payload->ByteSizeLong() : 0;
+  std::string out;
+  out.reserve(vector_bytes + payload_bytes + 12);
+  out.push_back(static_cast<char>((1 << 3) | 2));
+  AppendVarint(&out, vector_bytes);
+  out.append(reinterpret_cast<const char*>(vector), vector_bytes);
+  if (payload_bytes > 0) {
+    out.push_back(static_cast<char>((2 << 3) | 2));
+    AppendVarint(&out, payload_bytes);
+    payload->AppendToString(&out);
+  }
+  return out;
+}
+
 std::string RecordKey(uint32_t cid, uint64_t id) {
   std::string key = SlotKey(cid, SlotOf(id));
   PutBigEndian(&key, id, 8);
@@ -177,7 +207,6 @@ absl::StatusOr<uint64_t> RecordStore::Write(uint32_t cid, const WriteSet& writes
   const uint64_t op = *last + 1;
   rocksdb::WriteBatch batch;
   store::ChangeEntry change;
-  std::string value;
   // Keys in ascending order let the memtable's skiplist reuse its insert position
   // (it dominated bulk-load CPU with random order); stable, so a repeated id's
   // last record still wins.
@@ -186,8 +215,7 @@ absl::StatusOr<uint64_t> RecordStore::Write(uint32_t cid, const WriteSet& writes
   std::stable_sort(keyed.begin(), keyed.end(),
                    [](const auto& a, const auto& b) { return a.first < b.first; });
   for (const auto& [key, i] : keyed) {
-    writes.upsert_records[i].SerializeToString(&value);
-    batch.Put(records(), key, value);
+    batch.Put(records(), key, writes.upsert_values[i]);
     change.add_upserted(writes.upsert_ids[i]);
   }
   for (uint64_t id : writes.delete_ids) {

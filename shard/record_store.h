@@ -19,12 +19,17 @@
 
 namespace shardvec::shard {
 
-// One write: records to put and ids to delete, applied atomically.
+// One write: records to put (as EncodeRecord values) and ids to delete, applied
+// atomically.
 struct WriteSet {
   std::vector<uint64_t> upsert_ids;
-  std::vector<store::StoredRecord> upsert_records;
+  std::vector<std::string> upsert_values;
   std::vector<uint64_t> delete_ids;
 };
+
+// A store::StoredRecord in wire format, written directly from the vector and the
+// payload (no intermediate message): bulk loads encode millions of these.
+std::string EncodeRecord(const float* vector, int dim, const v1::Payload* payload);
 
 class RecordStore {
  public:

@@ -227,6 +227,26 @@ TEST_F(BadInputE2ETest, OversizeBatchAndMessage) {
   ExpectError(Upsert(big_payload), grpc::StatusCode::INVALID_ARGUMENT, "records[1].payload");
 }
 
+TEST_F(BadInputE2ETest, ColumnarBlockChecksSizesValuesAndIds) {
+  v1::UpsertRequest req;
+  req.set_collection("docs");
+  v1::RecordBlock* block = req.mutable_block();
+  std::vector<float> x(3 * kDim, 1.5f);
+  for (uint64_t id : {500, 501, 502}) block->add_ids(id);
+  block->set_vectors(reinterpret_cast<const char*>(x.data()), (x.size() - 1) * sizeof(float));
+  ExpectError(Upsert(req), grpc::StatusCode::INVALID_ARGUMENT, "block.vectors: 92 bytes for 3 ids does not match collection 'docs' (dim 8, so 96 bytes)");
+  x[2 * kDim + 4] = std::nanf("");
+  block->set_vectors(reinterpret_cast<const char*>(x.data()), x.size() * sizeof(float));
+  ExpectError(Upsert(req), grpc::StatusCode::INVALID_ARGUMENT, "block.vectors[2][4]: NaN");
+  x[2 * kDim + 4] = 0;
+  block->set_vectors(reinterpret_cast<const char*>(x.data()), x.size() * sizeof(float));
+  block->add_payloads()->set_text("only one");
+  ExpectError(Upsert(req), grpc::StatusCode::INVALID_ARGUMENT, "block.payloads: 1, expected none or one per id (3)");
+  block->clear_payloads();
+  block->set_ids(1, ~uint64_t{0});
+  ExpectError(Upsert(req), grpc::StatusCode::INVALID_ARGUMENT, "block.ids[1]");
+}
+
 TEST_F(BadInputE2ETest, ReservedId) {
   v1::UpsertRequest req = GoodUpsert(3);
   req.mutable_records(2)->set_id(~uint64_t{0});
