@@ -114,9 +114,6 @@ absl::StatusOr<std::unique_ptr<RecordStore>> RecordStore::Open(const std::string
   cf.compression = rocksdb::kNoCompression;
   cf.write_buffer_size = 64 << 20;
   cf.max_write_buffer_number = 4;
-  // Inserts land near the previous insert of the same collection and slot: a hint
-  // per 6-byte key prefix (cid, slot) shortens the memtable's skiplist search.
-  cf.memtable_insert_with_hint_prefix_extractor.reset(rocksdb::NewFixedPrefixTransform(6));
   std::vector<rocksdb::ColumnFamilyDescriptor> families = {
       {rocksdb::kDefaultColumnFamilyName, cf}, {"records", cf}, {"changes", cf}};
   std::vector<rocksdb::ColumnFamilyHandle*> handles;

@@ -152,6 +152,7 @@ TEST(DurabilityE2ETest, AckedWritesSurviveKill9AtManyPoints) {
     const int64_t kill_after = 5 + static_cast<int64_t>(rng() % 200);
     absl::Mutex mu;
     int64_t acked_now = 0;
+    bool writer_stopped = false;
     std::optional<Batch> in_flight;
     State local = acked;
     std::thread writer([&] {
@@ -162,7 +163,11 @@ TEST(DurabilityE2ETest, AckedWritesSurviveKill9AtManyPoints) {
           absl::MutexLock lock(&mu);
           in_flight = b;
         }
-        if (!Send(stub.get(), b).ok()) return;  // the kill: `b` is in doubt
+        if (!Send(stub.get(), b).ok()) {  // the kill: `b` is in doubt
+          absl::MutexLock lock(&mu);
+          writer_stopped = true;
+          return;
+        }
         absl::MutexLock lock(&mu);
         b.ApplyTo(&local);
         in_flight.reset();
@@ -171,12 +176,14 @@ TEST(DurabilityE2ETest, AckedWritesSurviveKill9AtManyPoints) {
     });
     {
       absl::MutexLock lock(&mu);
-      mu.Await(absl::Condition(
-          +[](std::pair<int64_t*, int64_t>* p) { return *p->first >= p->second; },
-          new std::pair<int64_t*, int64_t>(&acked_now, kill_after)));
+      // Also wakes if the writer stops on its own (a shard that died unasked).
+      auto ready = [&]() ABSL_NO_THREAD_SAFETY_ANALYSIS { return acked_now >= kill_after || writer_stopped; };
+      mu.Await(absl::Condition(&ready));
     }
+    const bool failed_early = writer_stopped && acked_now < kill_after;
     cluster.shard(0)->Signal(SIGKILL);
     writer.join();
+    ASSERT_FALSE(failed_early) << "the writer failed before kill " << kill << "; see shard-0.log";
     ASSERT_TRUE(cluster.RestartShard(0).ok()) << "restart " << kill;
 
     absl::StatusOr<State> observed = ReadState(stub.get());
