@@ -14,6 +14,7 @@
 
 #include "absl/container/flat_hash_map.h"
 #include "absl/container/flat_hash_set.h"
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
@@ -105,7 +106,29 @@ class Progress {
   int64_t last_reported_ = 0;
 };
 
-absl::StatusOr<FloatMatrix> ReadQueries(const std::string& path) { return ReadFvecs(path); }
+// Every row of a query file in any ingest format; HDF5 files give their "test" set.
+absl::StatusOr<FloatMatrix> ReadQueries(const std::string& path) {
+  SourceOptions options;
+  options.hdf5_dataset = "test";
+  auto source = VectorSource::Open(path, options);
+  if (!source.ok()) return source.status();
+  FloatMatrix all{0, (*source)->dim(), {}};
+  SourceBatch batch;
+  while (true) {
+    if (absl::Status s = (*source)->Next(65536, &batch); !s.ok()) return s;
+    if (batch.vectors.rows == 0) return all;
+    all.rows += batch.vectors.rows;
+    all.data.insert(all.data.end(), batch.vectors.data.begin(), batch.vectors.data.end());
+  }
+}
+
+// Ground truth: .ivecs, or the "neighbors" dataset of an ann-benchmarks HDF5 file.
+absl::StatusOr<IntMatrix> ReadGroundTruth(const std::string& path) {
+  if (absl::EndsWithIgnoreCase(path, ".hdf5") || absl::EndsWithIgnoreCase(path, ".h5")) {
+    return ReadHdf5Ints(path, "neighbors");
+  }
+  return ReadIvecs(path);
+}
 
 v1::SearchRequest MakeSearch(const std::string& collection, const FloatMatrix& q, int64_t begin, int64_t end, int k,
                              int nprobe, int ef_search) {
@@ -411,7 +434,7 @@ int Bench(const std::string& router, const BenchOptions& o) {
   }
   absl::StatusOr<FloatMatrix> q = ReadQueries(o.queries_file);
   if (!q.ok()) return Fail(q.status());
-  absl::StatusOr<IntMatrix> gt = ReadIvecs(o.groundtruth_file);
+  absl::StatusOr<IntMatrix> gt = ReadGroundTruth(o.groundtruth_file);
   if (!gt.ok()) return Fail(gt.status());
   if (gt->rows != q->rows || gt->dim < o.k) {
     return Fail(absl::InvalidArgumentError(absl::StrFormat(

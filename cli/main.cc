@@ -104,7 +104,8 @@ int main(int argc, char** argv) {
   shardvec::cli::SearchOptions search;
   CLI::App* search_cmd = app.add_subcommand("search", "k-NN search for the queries in a .fvecs file");
   search_cmd->add_option("name", search.collection, "Collection name")->required();
-  search_cmd->add_option("--queries", search.queries_file, ".fvecs file of queries")->required();
+  search_cmd->add_option("--queries", search.queries_file, "Queries in any ingest format (HDF5: its test set)")
+      ->required();
   search_cmd->add_option("--k", search.k, "Neighbours per query")->capture_default_str();
   search_cmd->add_option("--nprobe", search.nprobe, "IVF lists to visit");
   search_cmd->add_option("--ef-search", search.ef_search, "HNSW candidate list size");
@@ -115,8 +116,10 @@ int main(int argc, char** argv) {
   shardvec::cli::BenchOptions bench;
   CLI::App* bench_cmd = app.add_subcommand("bench", "Recall, QPS and latency against ground truth");
   bench_cmd->add_option("name", bench.collection, "Collection name")->required();
-  bench_cmd->add_option("--queries", bench.queries_file, ".fvecs file of queries")->required();
-  bench_cmd->add_option("--groundtruth", bench.groundtruth_file, ".ivecs of true neighbour ids")->required();
+  bench_cmd->add_option("--queries", bench.queries_file, "Queries in any ingest format (HDF5: its test set)")
+      ->required();
+  bench_cmd->add_option("--groundtruth", bench.groundtruth_file, ".ivecs, or an ann-benchmarks .hdf5 (neighbors)")
+      ->required();
   bench_cmd->add_option("--k", bench.k, "Neighbours per query")->capture_default_str();
   bench_cmd->add_option("--nprobe", bench.nprobe, "IVF lists to visit");
   bench_cmd->add_option("--ef-search", bench.ef_search, "HNSW candidate list size");

@@ -605,7 +605,39 @@ absl::StatusOr<std::unique_ptr<VectorSource>> OpenHdf5(const std::string& path,
   return Hdf5Source::Open(path, options.hdf5_dataset);
 }
 
+absl::StatusOr<IntMatrix> ReadHdf5IntsImpl(const std::string& path, const std::string& name) {
+  if (absl::StatusOr<FilePtr> probe = OpenFile(path); !probe.ok()) return probe.status();
+  H5Eset_auto2(H5E_DEFAULT, nullptr, nullptr);
+  if (H5Fis_hdf5(path.c_str()) <= 0) return HeaderError(path, "not an HDF5 file");
+  H5Id file(H5Fopen(path.c_str(), H5F_ACC_RDONLY, H5P_DEFAULT), H5Fclose);
+  if (!file.ok()) return HeaderError(path, absl::StrCat("HDF5 cannot open it: ", H5ErrorText()));
+  if (H5Lexists(file.get(), name.c_str(), H5P_DEFAULT) <= 0) {
+    return HeaderError(path, absl::StrFormat("no dataset \"%s\"; the file has: %s", name,
+                                             absl::StrJoin(RootNames(file.get()), ", ")));
+  }
+  H5Id dataset(H5Dopen2(file.get(), name.c_str(), H5P_DEFAULT), H5Dclose);
+  H5Id type(H5Dget_type(dataset.get()), H5Tclose);
+  if (!dataset.ok() || H5Tget_class(type.get()) != H5T_INTEGER) {
+    return HeaderError(path, absl::StrFormat("dataset \"%s\" does not hold integers", name));
+  }
+  H5Id space(H5Dget_space(dataset.get()), H5Sclose);
+  hsize_t dims[2] = {0, 0};
+  if (H5Sget_simple_extent_ndims(space.get()) != 2 || H5Sget_simple_extent_dims(space.get(), dims, nullptr) != 2) {
+    return HeaderError(path, absl::StrFormat("dataset \"%s\" is not 2-D", name));
+  }
+  IntMatrix m{static_cast<int64_t>(dims[0]), static_cast<int>(dims[1]),
+              std::vector<int32_t>(static_cast<size_t>(dims[0] * dims[1]))};
+  if (H5Dread(dataset.get(), H5T_NATIVE_INT32, H5S_ALL, H5S_ALL, H5P_DEFAULT, m.data.data()) < 0) {
+    return HeaderError(path, absl::StrCat("HDF5 read failed: ", H5ErrorText()));
+  }
+  return m;
+}
+
 #else
+
+absl::StatusOr<IntMatrix> ReadHdf5IntsImpl(const std::string& path, const std::string&) {
+  return absl::UnimplementedError(absl::StrCat(path, ": this build has no HDF5 support (portable build)"));
+}
 
 absl::StatusOr<std::unique_ptr<VectorSource>> OpenHdf5(const std::string& path, const SourceOptions&) {
   return absl::UnimplementedError(
@@ -836,6 +868,10 @@ absl::StatusOr<std::unique_ptr<VectorSource>> VectorSource::Open(const std::stri
   }
   return absl::InvalidArgumentError(
       absl::StrCat(path, ": unknown vector file extension; expected one of ", absl::StrJoin(known, " ")));
+}
+
+absl::StatusOr<IntMatrix> ReadHdf5Ints(const std::string& path, const std::string& name) {
+  return ReadHdf5IntsImpl(path, name);
 }
 
 }  // namespace shardvec

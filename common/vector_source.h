@@ -83,6 +83,10 @@ class VectorSource {
   virtual absl::Status Next(int64_t max_rows, SourceBatch* out) = 0;
 };
 
+// The integer dataset `name` of an HDF5 file, whole (e.g. ann-benchmarks'
+// "neighbors", the ground truth of "test"). UNIMPLEMENTED in portable builds.
+absl::StatusOr<IntMatrix> ReadHdf5Ints(const std::string& path, const std::string& name);
+
 }  // namespace shardvec
 
 #endif  // SHARDVEC_COMMON_VECTOR_SOURCE_H_

@@ -514,5 +514,22 @@ TEST(VectorSourceTest, LargeFbinInBatches) {
   EXPECT_EQ(wrong, 0);
 }
 
+#ifdef SHARDVEC_HAVE_HDF5
+TEST(VectorSourceTest, Hdf5NeighborsReadAsIntegers) {
+  const std::string path = TempPath("gt.hdf5");
+  WriteAnnBenchmarksFile(path);
+  absl::StatusOr<IntMatrix> gt = ReadHdf5Ints(path, "neighbors");
+  ASSERT_TRUE(gt.ok()) << gt.status();
+  EXPECT_EQ(gt->rows, 7);
+  EXPECT_EQ(gt->dim, 3);
+  EXPECT_EQ(gt->data, std::vector<int32_t>(21, 1));
+  absl::Status s = ReadHdf5Ints(path, "train").status();
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(s.message()), ::testing::HasSubstr("does not hold integers"));
+  EXPECT_THAT(std::string(ReadHdf5Ints(path, "gt").status().message()),
+              ::testing::HasSubstr("the file has: neighbors, test, train"));
+}
+#endif
+
 }  // namespace
 }  // namespace shardvec
