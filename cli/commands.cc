@@ -284,12 +284,10 @@ absl::Status ToRecords(const SourceBatch& batch, const std::string& file, IvecsR
   // Columnar: one buffer of vectors per message (RecordBlock).
   const int64_t n = batch.vectors.rows;
   const int dim = batch.vectors.dim;
-  for (int64_t i = 0; i < n * dim; ++i) {
-    if (!std::isfinite(batch.vectors.data[i])) {
-      return absl::InvalidArgumentError(absl::StrFormat("%s: row %d: component %d is %s", file,
-                                                        batch.first_row + i / dim, i % dim,
-                                                        std::isnan(batch.vectors.data[i]) ? "NaN" : "Inf"));
-    }
+  if (const int64_t bad = FirstNonFinite(batch.vectors.data.data(), n * dim); bad >= 0) {
+    return absl::InvalidArgumentError(absl::StrFormat("%s: row %d: component %d is %s", file,
+                                                      batch.first_row + bad / dim, bad % dim,
+                                                      std::isnan(batch.vectors.data[bad]) ? "NaN" : "Inf"));
   }
   v1::RecordBlock* block = msg->mutable_block();
   block->mutable_ids()->Reserve(static_cast<int>(n));

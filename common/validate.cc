@@ -18,21 +18,22 @@ absl::Status CheckVector(const std::string& field, const v1::CollectionSpec& spe
     return Invalid(absl::StrFormat("%s: dimension %d does not match collection '%s' (dim %d)", field,
                                    v.size(), spec.name(), spec.dim()));
   }
-  // A branch-free pass first (it vectorises); the offending component is looked
-  // for only when there is one. This check runs on every record of every write.
-  bool all_finite = true;
-  for (float x : v) all_finite &= (x - x == 0.0f);  // false for NaN and +-Inf
-  if (all_finite) return absl::OkStatus();
-  for (int j = 0; j < v.size(); ++j) {
-    if (!std::isfinite(v[j])) {
-      return Invalid(absl::StrFormat("%s[%d]: %s is not allowed in a vector", field, j,
-                                     std::isnan(v[j]) ? "NaN" : "Inf"));
-    }
-  }
-  return absl::OkStatus();
+  const int64_t j = FirstNonFinite(v.data(), v.size());
+  if (j < 0) return absl::OkStatus();
+  return Invalid(absl::StrFormat("%s[%d]: %s is not allowed in a vector", field, j, std::isnan(v[j]) ? "NaN" : "Inf"));
 }
 
 }  // namespace
+
+int64_t FirstNonFinite(const float* x, int64_t n) {
+  bool all_finite = true;
+  for (int64_t i = 0; i < n; ++i) all_finite &= (x[i] - x[i] == 0.0f);  // false for NaN and +-Inf
+  if (all_finite) return -1;
+  for (int64_t i = 0; i < n; ++i) {
+    if (!std::isfinite(x[i])) return i;
+  }
+  return -1;
+}
 
 absl::Status ValidateCollectionName(const std::string& name) {
   if (name.empty()) return Invalid("name: the collection name is empty");
@@ -74,16 +75,9 @@ absl::Status ValidateBlock(const v1::CollectionSpec& spec, const v1::RecordBlock
     return Invalid(absl::StrFormat("block.payloads: %d, expected none or one per id (%d)", block.payloads_size(), n));
   }
   const float* x = reinterpret_cast<const float*>(block.vectors().data());
-  bool all_finite = true;
-  for (size_t i = 0; i < n * spec.dim(); ++i) all_finite &= (x[i] - x[i] == 0.0f);
-  for (size_t i = 0; i < n && !all_finite; ++i) {
-    for (uint32_t j = 0; j < spec.dim(); ++j) {
-      const float v = x[i * spec.dim() + j];
-      if (!std::isfinite(v)) {
-        return Invalid(absl::StrFormat("block.vectors[%d][%d]: %s is not allowed in a vector", i, j,
-                                       std::isnan(v) ? "NaN" : "Inf"));
-      }
-    }
+  if (const int64_t bad = FirstNonFinite(x, static_cast<int64_t>(n * spec.dim())); bad >= 0) {
+    return Invalid(absl::StrFormat("block.vectors[%d][%d]: %s is not allowed in a vector", bad / spec.dim(),
+                                   bad % spec.dim(), std::isnan(x[bad]) ? "NaN" : "Inf"));
   }
   for (size_t i = 0; i < n; ++i) {
     if (block.ids(static_cast<int>(i)) == ~uint64_t{0}) {

@@ -23,6 +23,10 @@ inline constexpr int kMaxMessageBytes = 64 << 20;
 // queries x k per search, so that a response fits in one message.
 inline constexpr int64_t kMaxResultsPerSearch = int64_t{1} << 22;
 
+// Index of the first NaN or +-Inf among x[0..n), or -1. A branch-free pass comes
+// first (it vectorises): this runs over every component of every write.
+int64_t FirstNonFinite(const float* x, int64_t n);
+
 absl::Status ValidateCollectionName(const std::string& name);
 
 // Fills defaults (metric L2, index "Flat", device CPU) and validates.

@@ -105,6 +105,18 @@ TEST(ValidateTest, SearchChecksKAndQueries) {
   ExpectInvalid(ValidateSearch(spec, too_many), "queries: batch of 16385");
 }
 
+TEST(ValidateTest, FirstNonFiniteFindsTheFirstBadComponent) {
+  std::vector<float> x(1000, 0.25f);
+  EXPECT_EQ(FirstNonFinite(x.data(), 1000), -1);
+  EXPECT_EQ(FirstNonFinite(x.data(), 0), -1);
+  x[700] = -std::numeric_limits<float>::infinity();
+  x[801] = std::nanf("");
+  EXPECT_EQ(FirstNonFinite(x.data(), 1000), 700);
+  EXPECT_EQ(FirstNonFinite(x.data() + 701, 299), 100);
+  x[3] = std::numeric_limits<float>::max();  // large but finite
+  EXPECT_EQ(FirstNonFinite(x.data(), 600), -1);
+}
+
 TEST(ValidateTest, IdBatches) {
   google::protobuf::RepeatedField<uint64_t> ids;
   ExpectInvalid(ValidateIds("ids", ids), "ids: empty");
