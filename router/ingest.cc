@@ -53,10 +53,7 @@ absl::Status IngestSession::Send(Routed* routed) {
     grpc::ClientContext ctx;
     ctx.set_deadline(absl::ToChronoTime(absl::Now() + options_.timeout));
     grpc::Status st = conn.stub->Upsert(&ctx, parts[s], &resp);
-    if (!st.ok()) {
-      absl::Status as = FromGrpc(st);
-      return absl::Status(as.code(), absl::StrCat("shard ", conn.id, " (", conn.address, "): ", as.message()));
-    }
+    if (!st.ok()) return ShardFailure(conn, st);
   }
   return absl::OkStatus();
 }

@@ -27,11 +27,6 @@ constexpr uint32_t kMaxSlotsPerMove = 256;
 constexpr int kCatchUpRounds = 8;
 constexpr size_t kSmallCatchUp = 256;
 
-absl::Status Named(const ShardConn& shard, const grpc::Status& s) {
-  absl::Status as = FromGrpc(s);
-  return absl::Status(as.code(), absl::StrCat("shard ", shard.id, " (", shard.address, "): ", as.message()));
-}
-
 grpc::ClientContext* WithDeadline(grpc::ClientContext* ctx, absl::Duration d) {
   ctx->set_deadline(absl::ToChronoTime(absl::Now() + d));
   return ctx;
@@ -68,7 +63,7 @@ absl::Status ClearSlots(const ShardConn& shard, const std::vector<std::string>& 
     shardrpc::DeleteSlotsResponse cleared;
     grpc::ClientContext ctx;
     if (grpc::Status s = shard.stub->DeleteSlots(WithDeadline(&ctx, timeout), range, &cleared); !s.ok()) {
-      return Named(shard, s);
+      return ShardFailure(shard, s);
     }
   }
   return absl::OkStatus();
@@ -100,7 +95,7 @@ absl::Status RouterService::CopyIds(const ShardConn& source, const ShardConn& ta
     v1::GetResponse got;
     grpc::ClientContext get_ctx;
     if (grpc::Status s = source.stub->Get(WithDeadline(&get_ctx, options_.write_timeout), get, &got); !s.ok()) {
-      return Named(source, s);
+      return ShardFailure(source, s);
     }
     if (got.records_size() > 0) {
       v1::UpsertRequest up;
@@ -109,7 +104,7 @@ absl::Status RouterService::CopyIds(const ShardConn& source, const ShardConn& ta
       v1::UpsertResponse upserted;
       grpc::ClientContext ctx;
       if (grpc::Status s = target.stub->Upsert(WithDeadline(&ctx, options_.write_timeout), up, &upserted); !s.ok()) {
-        return Named(target, s);
+        return ShardFailure(target, s);
       }
       stats->records += up.records_size();
     }
@@ -120,7 +115,7 @@ absl::Status RouterService::CopyIds(const ShardConn& source, const ShardConn& ta
       v1::DeleteResponse deleted;
       grpc::ClientContext ctx;
       if (grpc::Status s = target.stub->Delete(WithDeadline(&ctx, options_.write_timeout), del, &deleted); !s.ok()) {
-        return Named(target, s);
+        return ShardFailure(target, s);
       }
     }
   }
@@ -149,11 +144,11 @@ absl::Status RouterService::CopySlotsOf(const ShardConn& source, const ShardConn
     grpc::ClientContext ctx;
     if (grpc::Status s = target.stub->Upsert(WithDeadline(&ctx, options_.write_timeout), up, &upserted); !s.ok()) {
       export_ctx.TryCancel();
-      return Named(target, s);
+      return ShardFailure(target, s);
     }
     stats->records += up.records_size();
   }
-  if (grpc::Status s = reader->Finish(); !s.ok()) return Named(source, s);
+  if (grpc::Status s = reader->Finish(); !s.ok()) return ShardFailure(source, s);
   // Catch up with writes made during the copy, until few remain.
   for (int round = 0; round < kCatchUpRounds; ++round) {
     shardrpc::ChangedIdsRequest req;
@@ -164,7 +159,7 @@ absl::Status RouterService::CopySlotsOf(const ShardConn& source, const ShardConn
     shardrpc::ChangedIdsResponse changed;
     grpc::ClientContext ctx;
     if (grpc::Status s = source.stub->ChangedIds(WithDeadline(&ctx, options_.write_timeout), req, &changed); !s.ok()) {
-      return Named(source, s);
+      return ShardFailure(source, s);
     }
     std::vector<uint64_t> ids(changed.ids().begin(), changed.ids().end());
     if (absl::Status s = CopyIds(source, target, collection, ids, stats); !s.ok()) return s;
@@ -210,7 +205,7 @@ absl::Status RouterService::MoveSlots(const std::string& source_id, const std::s
       grpc::ClientContext ctx;
       grpc::Status s = source->stub->ChangedIds(WithDeadline(&ctx, options_.write_timeout), req, &changed);
       status = s.ok() ? CopyIds(*source, *target, req.collection(), {changed.ids().begin(), changed.ids().end()}, stats)
-                      : Named(*source, s);
+                      : ShardFailure(*source, s);
     }
     if (status.ok()) {
       cluster::ClusterMap map = Snapshot()->map;
@@ -280,7 +275,7 @@ absl::Status RouterService::EnsureCollectionsOn(const ShardConn& shard) {
     grpc::ClientContext ctx;
     if (grpc::Status s = shard.stub->CreateCollection(WithDeadline(&ctx, options_.write_timeout), create, &created);
         !s.ok()) {
-      return Named(shard, s);
+      return ShardFailure(shard, s);
     }
     // Trained collections: the new shard installs the same quantizer as the others.
     shardrpc::GetTrainedRequest get;
@@ -297,7 +292,7 @@ absl::Status RouterService::EnsureCollectionsOn(const ShardConn& shard) {
     if (grpc::Status s = shard.stub->InstallTrained(WithDeadline(&install_ctx, options_.write_timeout), trained,
                                                     &installed);
         !s.ok()) {
-      return Named(shard, s);
+      return ShardFailure(shard, s);
     }
   }
   return absl::OkStatus();

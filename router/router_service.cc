@@ -28,9 +28,8 @@ absl::Time Deadline(const grpc::ServerContext* ctx, uint32_t timeout_ms, absl::D
 // A shard's failure as the router reports it. Request errors (a bad index spec, say)
 // keep the shard's message, which already names the field; others name the shard.
 absl::Status ShardError(const ShardConn& shard, const grpc::Status& s) {
-  absl::Status as = FromGrpc(s);
-  if (as.code() == absl::StatusCode::kInvalidArgument) return as;
-  return absl::Status(as.code(), absl::StrCat("shard ", shard.id, " (", shard.address, "): ", as.message()));
+  if (s.error_code() == grpc::StatusCode::INVALID_ARGUMENT) return FromGrpc(s);
+  return ShardFailure(shard, s);
 }
 
 std::vector<int> AllShards(const Topology& topo) {
@@ -65,6 +64,11 @@ std::vector<int> NonEmpty(const std::vector<std::vector<int>>& groups) {
 }
 
 }  // namespace
+
+absl::Status ShardFailure(const ShardConn& shard, const grpc::Status& s) {
+  absl::Status as = FromGrpc(s);
+  return absl::Status(as.code(), absl::StrCat("shard ", shard.id, " (", shard.address, "): ", as.message()));
+}
 
 RouterService::RouterService(cluster::ClusterMap map, RouterOptions options) : options_(std::move(options)) {
   absl::MutexLock admin(&admin_mu_);

@@ -34,6 +34,9 @@ struct ShardConn {
   std::shared_ptr<shardrpc::Shard::Stub> stub;
 };
 
+// A shard's failure with the shard named: "shard shard-1 (127.0.0.1:7002): ...".
+absl::Status ShardFailure(const ShardConn& shard, const grpc::Status& s);
+
 struct Topology {
   cluster::ClusterMap map;
   std::vector<ShardConn> shards;
