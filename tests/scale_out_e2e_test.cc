@@ -239,6 +239,25 @@ void Load(TestCluster& cluster, int64_t n) {
 // Every id of [0, n) exactly once: present, and the per-shard counts add up to n.
 void ExpectExactlyOnce(v1::ShardVec::Stub* stub, int64_t n);
 
+// Loads n records, starts an extra shard and `shardvec shard add` for it, and returns
+// once the router's map records a move in progress.
+struct MoveInProgress {
+  std::string address;
+  std::unique_ptr<ChildProcess> extra;
+  std::unique_ptr<ChildProcess> add;
+};
+
+MoveInProgress StartAddAndWaitForMove(TestCluster& cluster, const std::string& dir, int64_t n) {
+  MoveInProgress m;
+  Load(cluster, n);
+  m.extra = StartExtraShard(dir + "/extra", &m.address);
+  auto add = ChildProcess::Start({ShardvecBinary(), "--router", cluster.router_address(), "shard", "add", m.address});
+  EXPECT_TRUE(add.ok());
+  if (add.ok()) m.add = *std::move(add);
+  EXPECT_TRUE(WaitForMove(dir + "/router/cluster_map.textproto")) << "no move appeared in " << dir;
+  return m;
+}
+
 TEST(ScaleOutE2ETest, ShardKilledMidMoveRollsBackOrResumes) {
   for (const std::string victim : {"source", "target"}) {
     SCOPED_TRACE(victim);
@@ -247,17 +266,15 @@ TEST(ScaleOutE2ETest, ShardKilledMidMoveRollsBackOrResumes) {
     ASSERT_TRUE(cluster_or.ok()) << cluster_or.status();
     TestCluster& cluster = **cluster_or;
     const int64_t n = 150000;
-    Load(cluster, n);
-    std::string address;
-    std::unique_ptr<ChildProcess> extra = StartExtraShard(dir + "/extra", &address);
-    auto add = ChildProcess::Start({ShardvecBinary(), "--router", cluster.router_address(), "shard", "add", address});
-    ASSERT_TRUE(add.ok());
-    ASSERT_TRUE(WaitForMove(dir + "/router/cluster_map.textproto"));
+    MoveInProgress move = StartAddAndWaitForMove(cluster, dir, n);
+    ASSERT_FALSE(::testing::Test::HasFailure());
+    const std::string& address = move.address;
+    std::unique_ptr<ChildProcess>& extra = move.extra;
     ChildProcess* killed = victim == "source" ? cluster.shard(0) : extra.get();
     killed->Signal(SIGKILL);
     ASSERT_NE(killed->Wait(absl::Seconds(30)), -1);
-    std::string add_out = (*add)->ReadRest(absl::Minutes(2));
-    EXPECT_NE((*add)->Wait(absl::Seconds(30)), 0) << "the add must fail when a shard dies under it";
+    move.add->ReadRest(absl::Minutes(2));
+    EXPECT_NE(move.add->Wait(absl::Seconds(30)), 0) << "the add must fail when a shard dies under it";
 
     // Bring the dead shard back on its address and data directory.
     if (victim == "source") {
@@ -315,16 +332,13 @@ TEST(ScaleOutE2ETest, RouterKilledMidMoveResumesWithoutLossOrDuplicates) {
   ASSERT_TRUE(cluster_or.ok()) << cluster_or.status();
   TestCluster& cluster = **cluster_or;
   const int64_t n = 150000;
-  Load(cluster, n);
-  std::string address;
-  std::unique_ptr<ChildProcess> extra = StartExtraShard(dir + "/extra", &address);
-  auto add = ChildProcess::Start({ShardvecBinary(), "--router", cluster.router_address(), "shard", "add", address});
-  ASSERT_TRUE(add.ok());
+  MoveInProgress move = StartAddAndWaitForMove(cluster, dir, n);
+  ASSERT_FALSE(::testing::Test::HasFailure());
+  const std::string& address = move.address;
   const std::string map_path = dir + "/router/cluster_map.textproto";
-  ASSERT_TRUE(WaitForMove(map_path)) << "no move appeared in " << map_path;
   cluster.router()->Signal(SIGKILL);
   ASSERT_NE(cluster.router()->Wait(absl::Seconds(30)), -1);
-  (*add)->Wait(absl::Seconds(30));
+  move.add->Wait(absl::Seconds(30));
 
   // The restarted router finishes the interrupted move before it serves.
   ASSERT_TRUE(cluster.RestartRouter().ok());
