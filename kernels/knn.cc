@@ -1,0 +1,407 @@
+#include "kernels/knn.h"
+
+#include <cublas_v2.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <limits>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "kernels/launch.h"
+
+namespace shardvec::kernels {
+namespace {
+
+using internal::SegmentLength;
+
+absl::Status CudaStatus(cudaError_t e, const char* what) {
+  if (e == cudaSuccess) return absl::OkStatus();
+  cudaGetLastError();  // clear a sticky launch error so the next call starts clean
+  if (e == cudaErrorMemoryAllocation) {
+    return absl::ResourceExhaustedError(absl::StrCat(what, ": GPU out of memory"));
+  }
+  return absl::InternalError(absl::StrCat(what, ": ", cudaGetErrorString(e)));
+}
+
+absl::Status CublasStatus(cublasStatus_t s, const char* what) {
+  if (s == CUBLAS_STATUS_SUCCESS) return absl::OkStatus();
+  return absl::InternalError(absl::StrCat(what, ": cuBLAS status ", static_cast<int>(s)));
+}
+
+#define SV_CUDA(expr, what)                                     \
+  do {                                                          \
+    absl::Status sv_status_ = CudaStatus((expr), (what));      \
+    if (!sv_status_.ok()) return sv_status_;                    \
+  } while (0)
+
+cudaStream_t StreamOf(const Context& ctx) { return static_cast<cudaStream_t>(ctx.stream()); }
+
+// Temporary device buffers from the stream-ordered pool, freed (in stream order) at
+// scope exit.
+class Temp {
+ public:
+  explicit Temp(cudaStream_t stream) : stream_(stream) {}
+  ~Temp() {
+    for (void* p : blocks_) cudaFreeAsync(p, stream_);
+  }
+  template <typename T>
+  absl::Status Alloc(int64_t count, T** out) {
+    void* p = nullptr;
+    const size_t bytes = std::max<size_t>(1, sizeof(T) * static_cast<size_t>(count));
+    SV_CUDA(cudaMallocAsync(&p, bytes, stream_), "cudaMallocAsync");
+    blocks_.push_back(p);
+    *out = static_cast<T*>(p);
+    return absl::OkStatus();
+  }
+
+ private:
+  cudaStream_t stream_;
+  std::vector<void*> blocks_;
+};
+
+absl::Status CheckK(int k) {
+  if (k < 1 || k > kMaxK) {
+    return absl::InvalidArgumentError(absl::StrCat("k: must be in [1, ", kMaxK, "], got ", k));
+  }
+  return absl::OkStatus();
+}
+
+int64_t CeilDiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+// Reduces rows of `len` pairs (stride `stride`) in place-or-ping-pong until at most one
+// segment is left, then to k pairs at dst (stride dst_stride). `spare` must hold
+// nq * CeilDiv(len, seg) * k pairs.
+absl::Status ReduceToK(uint32_t* keys, int64_t* vals, int64_t nq, int64_t len, int64_t stride,
+                       int k, uint32_t* spare_keys, int64_t* spare_vals, uint32_t* dst_keys,
+                       int64_t* dst_vals, int64_t dst_stride, cudaStream_t stream) {
+  const int seg = SegmentLength(k);
+  uint32_t* cur_k = keys;
+  int64_t* cur_v = vals;
+  uint32_t* next_k = spare_keys;
+  int64_t* next_v = spare_vals;
+  int64_t segments = 0;
+  while (len > seg) {
+    const int64_t next_stride = CeilDiv(len, seg) * k;
+    SV_CUDA(internal::SelectRound(cur_k, cur_v, nq, len, stride, k, next_k, next_v, next_stride,
+                                  &segments, stream),
+            "select round");
+    len = segments * k;
+    stride = next_stride;
+    std::swap(cur_k, next_k);
+    std::swap(cur_v, next_v);
+  }
+  SV_CUDA(internal::SelectRound(cur_k, cur_v, nq, len, stride, k, dst_keys, dst_vals, dst_stride,
+                                &segments, stream),
+          "select round");
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+int DeviceCount() {
+  int n = 0;
+  if (cudaGetDeviceCount(&n) != cudaSuccess) {
+    cudaGetLastError();
+    return 0;
+  }
+  return n;
+}
+
+std::string DeviceDescription(int device) {
+  cudaDeviceProp prop;
+  const cudaError_t e = cudaGetDeviceProperties(&prop, device);
+  if (e != cudaSuccess) {
+    cudaGetLastError();
+    return absl::StrCat("device ", device, ": ", cudaGetErrorString(e));
+  }
+  return absl::StrFormat("%s (sm_%d%d, %d SMs, %.1f GiB)", prop.name, prop.major, prop.minor,
+                         prop.multiProcessorCount,
+                         static_cast<double>(prop.totalGlobalMem) / (1 << 30));
+}
+
+absl::StatusOr<std::unique_ptr<Context>> Context::Create(int device, size_t scratch_budget) {
+  const int count = DeviceCount();
+  if (device < 0 || device >= count) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("device: no CUDA device ", device, " (this machine has ", count, ")"));
+  }
+  std::unique_ptr<Context> ctx(new Context());
+  ctx->device_ = device;
+  ctx->scratch_budget_ = std::max<size_t>(scratch_budget, size_t{64} << 20);
+  SV_CUDA(cudaSetDevice(device), "cudaSetDevice");
+  cudaMemPool_t pool;
+  SV_CUDA(cudaDeviceGetDefaultMemPool(&pool, device), "cudaDeviceGetDefaultMemPool");
+  uint64_t keep = std::numeric_limits<uint64_t>::max();
+  SV_CUDA(cudaMemPoolSetAttribute(pool, cudaMemPoolAttrReleaseThreshold, &keep),
+          "cudaMemPoolSetAttribute");
+  cudaStream_t stream;
+  SV_CUDA(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking), "cudaStreamCreate");
+  ctx->stream_ = stream;
+  cublasHandle_t handle;
+  absl::Status s = CublasStatus(cublasCreate(&handle), "cublasCreate");
+  if (!s.ok()) return s;
+  ctx->cublas_ = handle;
+  s = CublasStatus(cublasSetStream(handle, stream), "cublasSetStream");
+  if (!s.ok()) return s;
+  return ctx;
+}
+
+Context::~Context() {
+  cudaSetDevice(device_);
+  if (cublas_ != nullptr) cublasDestroy(static_cast<cublasHandle_t>(cublas_));
+  if (stream_ != nullptr) {
+    cudaStreamSynchronize(static_cast<cudaStream_t>(stream_));
+    cudaStreamDestroy(static_cast<cudaStream_t>(stream_));
+  }
+}
+
+absl::Status Context::Synchronize() {
+  SV_CUDA(cudaSetDevice(device_), "cudaSetDevice");
+  SV_CUDA(cudaStreamSynchronize(static_cast<cudaStream_t>(stream_)), "stream");
+  return absl::OkStatus();
+}
+
+absl::Status FlatSearch(Context& ctx, const FlatData& db, const float* queries, int64_t nq, int k,
+                        Metric metric, float* out_dist, int64_t* out_ids) {
+  if (absl::Status s = CheckK(k); !s.ok()) return s;
+  if (nq < 0) return absl::InvalidArgumentError("nq: must be >= 0");
+  if (db.dim <= 0) return absl::InvalidArgumentError("dim: must be positive");
+  if (db.n < 0 || db.n > std::numeric_limits<int32_t>::max()) {
+    return absl::InvalidArgumentError("n: must be in [0, 2^31) rows per device");
+  }
+  if (nq == 0) return absl::OkStatus();
+  SV_CUDA(cudaSetDevice(ctx.device()), "cudaSetDevice");
+  cudaStream_t stream = StreamOf(ctx);
+  const bool ip = metric == Metric::kInnerProduct;
+  const bool half = db.storage == Storage::kFloat16;
+  Temp temp(stream);
+
+  float* q_norms = nullptr;
+  if (!ip) {
+    if (auto s = temp.Alloc(nq, &q_norms); !s.ok()) return s;
+    SV_CUDA(internal::SquaredNorms(queries, nq, db.dim, q_norms, stream), "query norms");
+  }
+  if (db.n == 0) {
+    uint32_t* keys;
+    int64_t* vals;
+    if (auto s = temp.Alloc(nq * k, &keys); !s.ok()) return s;
+    if (auto s = temp.Alloc(nq * k, &vals); !s.ok()) return s;
+    SV_CUDA(internal::FillMissing(keys, vals, nq, k, k, stream), "fill");
+    SV_CUDA(internal::Finalize(keys, vals, nq, k, k, k, ip, nullptr, nullptr, out_dist, out_ids,
+                               stream),
+            "finalize");
+    return absl::OkStatus();
+  }
+
+  // Plan: query blocks of qb rows against database tiles of t rows, within the budget.
+  const bool small = nq <= 8;
+  const int seg = SegmentLength(k);
+  auto bytes_for = [&](int64_t qb, int64_t t) {
+    const int64_t nseg = CeilDiv(t, seg);
+    const int64_t cand = k + nseg * k;
+    const int64_t spare = CeilDiv(cand, seg) * k;
+    return qb * (t * 4 + (cand + spare + k) * 12 + (half ? 2 * db.dim : 0));
+  };
+  int64_t qb = std::min<int64_t>(nq, 16384);
+  int64_t t = db.n;
+  const int64_t budget = static_cast<int64_t>(ctx.scratch_budget());
+  while (bytes_for(qb, t) > budget) {
+    if (qb > 256 && (qb >= 4 * CeilDiv(t, 1 << 18) || t <= seg)) {
+      qb = CeilDiv(qb, 2);
+    } else if (t > seg) {
+      t = CeilDiv(CeilDiv(t, 2), seg) * seg;
+    } else if (qb > 1) {
+      qb = CeilDiv(qb, 2);
+    } else {
+      break;
+    }
+  }
+  const int64_t nseg_max = CeilDiv(t, seg);
+  const int64_t cand_stride = k + nseg_max * k;
+  const int64_t spare_stride = CeilDiv(cand_stride, seg) * k;
+
+  float* dots = nullptr;
+  uint32_t *cand_k = nullptr, *spare_k = nullptr, *run_k = nullptr;
+  int64_t *cand_v = nullptr, *spare_v = nullptr, *run_v = nullptr;
+  __half* q_half = nullptr;
+  if (auto s = temp.Alloc(qb * t, &dots); !s.ok()) return s;
+  if (auto s = temp.Alloc(qb * cand_stride, &cand_k); !s.ok()) return s;
+  if (auto s = temp.Alloc(qb * cand_stride, &cand_v); !s.ok()) return s;
+  if (auto s = temp.Alloc(qb * spare_stride, &spare_k); !s.ok()) return s;
+  if (auto s = temp.Alloc(qb * spare_stride, &spare_v); !s.ok()) return s;
+  if (auto s = temp.Alloc(qb * k, &run_k); !s.ok()) return s;
+  if (auto s = temp.Alloc(qb * k, &run_v); !s.ok()) return s;
+  if (half && !small) {
+    if (auto s = temp.Alloc(qb * db.dim, &q_half); !s.ok()) return s;
+  }
+  cublasHandle_t handle = static_cast<cublasHandle_t>(ctx.cublas());
+  const float scale = ip ? -1.0f : -2.0f;
+
+  for (int64_t q0 = 0; q0 < nq; q0 += qb) {
+    const int64_t nb = std::min(qb, nq - q0);
+    const float* qblock = queries + q0 * db.dim;
+    if (q_half != nullptr) {
+      SV_CUDA(internal::ToHalf(qblock, nb * db.dim, q_half, stream), "query to half");
+    }
+    SV_CUDA(internal::FillMissing(run_k, run_v, nb, k, k, stream), "fill");
+    for (int64_t t0 = 0; t0 < db.n; t0 += t) {
+      const int64_t rows = std::min(t, db.n - t0);
+      if (small) {
+        SV_CUDA(internal::SmallBatchDots(db.vectors, half, db.dim, t0, rows, qblock,
+                                         static_cast<int>(nb), dots, rows, stream),
+                "distances");
+      } else {
+        const float one = 1.0f, zero = 0.0f;
+        cublasStatus_t st;
+        if (half) {
+          st = cublasGemmEx(handle, CUBLAS_OP_T, CUBLAS_OP_N, static_cast<int>(rows),
+                            static_cast<int>(nb), db.dim, &one,
+                            static_cast<const __half*>(db.vectors) + t0 * db.dim, CUDA_R_16F,
+                            db.dim, q_half, CUDA_R_16F, db.dim, &zero, dots, CUDA_R_32F,
+                            static_cast<int>(rows), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
+        } else {
+          st = cublasSgemm(handle, CUBLAS_OP_T, CUBLAS_OP_N, static_cast<int>(rows),
+                           static_cast<int>(nb), db.dim, &one,
+                           static_cast<const float*>(db.vectors) + t0 * db.dim, db.dim, qblock,
+                           db.dim, &zero, dots, static_cast<int>(rows));
+        }
+        if (auto s = CublasStatus(st, "GEMM"); !s.ok()) return s;
+      }
+      SV_CUDA(internal::SelectFromTile(dots, nb, rows, rows, db.row_bias, t0, scale, k, cand_k,
+                                       cand_v, cand_stride, k, stream),
+              "select");
+      SV_CUDA(internal::CopyPairs(run_k, run_v, k, cand_k, cand_v, cand_stride, nb, k, stream),
+              "copy");
+      const int64_t len = k + CeilDiv(rows, seg) * k;
+      if (auto s = ReduceToK(cand_k, cand_v, nb, len, cand_stride, k, spare_k, spare_v, run_k,
+                             run_v, k, stream);
+          !s.ok()) {
+        return s;
+      }
+    }
+    SV_CUDA(internal::Finalize(run_k, run_v, nb, k, k, k, ip, ip ? nullptr : q_norms + q0, db.ids,
+                               out_dist + q0 * k, out_ids + q0 * k, stream),
+            "finalize");
+  }
+  SV_CUDA(cudaGetLastError(), "flat search");
+  return absl::OkStatus();
+}
+
+absl::Status IvfAssign(Context& ctx, const IvfData& ivf, const float* queries, int64_t nq,
+                       int nprobe, Metric metric, int64_t* out_lists) {
+  if (ivf.nlist <= 0) return absl::FailedPreconditionError("index: not trained");
+  nprobe = std::min(nprobe, ivf.nlist);
+  if (nprobe < 1) return absl::InvalidArgumentError("nprobe: must be positive");
+  SV_CUDA(cudaSetDevice(ctx.device()), "cudaSetDevice");
+  Temp temp(StreamOf(ctx));
+  float* dist;
+  if (auto s = temp.Alloc(nq * nprobe, &dist); !s.ok()) return s;
+  FlatData centroids;
+  centroids.vectors = ivf.centroids;
+  centroids.storage = Storage::kFloat32;
+  centroids.row_bias = ivf.centroid_bias;
+  centroids.ids = nullptr;
+  centroids.n = ivf.nlist;
+  centroids.dim = ivf.dim;
+  return FlatSearch(ctx, centroids, queries, nq, nprobe, metric, dist, out_lists);
+}
+
+absl::Status IvfSearch(Context& ctx, const IvfData& ivf, const float* queries, int64_t nq, int k,
+                       int nprobe, Metric metric, float* out_dist, int64_t* out_ids) {
+  if (absl::Status s = CheckK(k); !s.ok()) return s;
+  if (nprobe < 1) return absl::InvalidArgumentError("nprobe: must be positive");
+  if (ivf.nlist <= 0) return absl::FailedPreconditionError("index: not trained");
+  if (nq <= 0) return absl::OkStatus();
+  nprobe = std::min(nprobe, ivf.nlist);
+  SV_CUDA(cudaSetDevice(ctx.device()), "cudaSetDevice");
+  cudaStream_t stream = StreamOf(ctx);
+  const bool ip = metric == Metric::kInnerProduct;
+  const int seg = SegmentLength(k);
+  const int64_t len = static_cast<int64_t>(nprobe) * k;
+  const int64_t spare_stride = CeilDiv(len, seg) * k;
+  const int64_t per_query = (len + spare_stride + k) * 12 + nprobe * 8;
+  const int64_t qb = std::max<int64_t>(
+      1, std::min<int64_t>(nq, static_cast<int64_t>(ctx.scratch_budget()) / per_query));
+  Temp temp(stream);
+  int64_t* lists;
+  uint32_t *cand_k = nullptr, *spare_k = nullptr, *run_k = nullptr;
+  int64_t *cand_v = nullptr, *spare_v = nullptr, *run_v = nullptr;
+  if (auto s = temp.Alloc(qb * nprobe, &lists); !s.ok()) return s;
+  if (auto s = temp.Alloc(qb * len, &cand_k); !s.ok()) return s;
+  if (auto s = temp.Alloc(qb * len, &cand_v); !s.ok()) return s;
+  if (auto s = temp.Alloc(qb * spare_stride, &spare_k); !s.ok()) return s;
+  if (auto s = temp.Alloc(qb * spare_stride, &spare_v); !s.ok()) return s;
+  if (auto s = temp.Alloc(qb * k, &run_k); !s.ok()) return s;
+  if (auto s = temp.Alloc(qb * k, &run_v); !s.ok()) return s;
+  for (int64_t q0 = 0; q0 < nq; q0 += qb) {
+    const int64_t nb = std::min(qb, nq - q0);
+    const float* qblock = queries + q0 * ivf.dim;
+    if (auto s = IvfAssign(ctx, ivf, qblock, nb, nprobe, metric, lists); !s.ok()) return s;
+    SV_CUDA(internal::IvfScan(ivf.vectors, ivf.ids, ivf.sizes, ivf.storage == Storage::kFloat16,
+                              ivf.dim, qblock, nb, lists, nprobe, k, ip, cand_k, cand_v, stream),
+            "list scan");
+    if (auto s = ReduceToK(cand_k, cand_v, nb, len, len, k, spare_k, spare_v, run_k, run_v, k,
+                           stream);
+        !s.ok()) {
+      return s;
+    }
+    SV_CUDA(internal::Finalize(run_k, run_v, nb, k, k, k, ip, nullptr, nullptr, out_dist + q0 * k,
+                               out_ids + q0 * k, stream),
+            "finalize");
+  }
+  return absl::OkStatus();
+}
+
+absl::Status MergeTopK(Context& ctx, const float* dist, const int64_t* ids, int64_t nq, int m,
+                       int k_in, int k, Metric metric, float* out_dist, int64_t* out_ids) {
+  if (absl::Status s = CheckK(k); !s.ok()) return s;
+  if (m < 1 || k_in < 1) return absl::InvalidArgumentError("m, k_in: must be positive");
+  if (nq <= 0) return absl::OkStatus();
+  SV_CUDA(cudaSetDevice(ctx.device()), "cudaSetDevice");
+  cudaStream_t stream = StreamOf(ctx);
+  const bool ip = metric == Metric::kInnerProduct;
+  const int64_t len = static_cast<int64_t>(m) * k_in;
+  const int seg = SegmentLength(k);
+  Temp temp(stream);
+  uint32_t *keys = nullptr, *spare_k = nullptr, *run_k = nullptr;
+  int64_t *vals = nullptr, *spare_v = nullptr, *run_v = nullptr;
+  const int64_t spare_stride = CeilDiv(len, seg) * k;
+  if (auto s = temp.Alloc(nq * len, &keys); !s.ok()) return s;
+  if (auto s = temp.Alloc(nq * len, &vals); !s.ok()) return s;
+  if (auto s = temp.Alloc(nq * spare_stride, &spare_k); !s.ok()) return s;
+  if (auto s = temp.Alloc(nq * spare_stride, &spare_v); !s.ok()) return s;
+  if (auto s = temp.Alloc(nq * k, &run_k); !s.ok()) return s;
+  if (auto s = temp.Alloc(nq * k, &run_v); !s.ok()) return s;
+  SV_CUDA(internal::DistancesToKeys(dist, nq * len, ip, keys, stream), "keys");
+  SV_CUDA(cudaMemcpyAsync(vals, ids, sizeof(int64_t) * nq * len, cudaMemcpyDeviceToDevice, stream),
+          "copy ids");
+  if (auto s = ReduceToK(keys, vals, nq, len, len, k, spare_k, spare_v, run_k, run_v, k, stream);
+      !s.ok()) {
+    return s;
+  }
+  SV_CUDA(internal::Finalize(run_k, run_v, nq, k, k, k, ip, nullptr, nullptr, out_dist, out_ids,
+                             stream),
+          "finalize");
+  return absl::OkStatus();
+}
+
+absl::Status RowBias(Context& ctx, const void* vectors, Storage storage, int64_t n, int dim,
+                     Metric metric, const uint8_t* deleted, float* out) {
+  SV_CUDA(cudaSetDevice(ctx.device()), "cudaSetDevice");
+  SV_CUDA(internal::RowBias(vectors, storage == Storage::kFloat16, n, dim,
+                            metric == Metric::kInnerProduct, deleted, out, StreamOf(ctx)),
+          "row bias");
+  return absl::OkStatus();
+}
+
+absl::Status ToHalf(Context& ctx, const float* in, int64_t n, void* out) {
+  SV_CUDA(cudaSetDevice(ctx.device()), "cudaSetDevice");
+  SV_CUDA(internal::ToHalf(in, n, out, StreamOf(ctx)), "to half");
+  return absl::OkStatus();
+}
+
+}  // namespace shardvec::kernels

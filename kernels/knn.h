@@ -1,0 +1,133 @@
+// Exact and IVF-Flat k-nearest-neighbour search on one CUDA device.
+//
+//   auto ctx = kernels::Context::Create(/*device=*/0);
+//   kernels::RowBias(**ctx, d_vectors, Storage::kFloat32, n, dim, Metric::kL2, nullptr, d_bias);
+//   kernels::FlatData db{d_vectors, Storage::kFloat32, d_bias, d_ids, n, dim};
+//   kernels::FlatSearch(**ctx, db, d_queries, nq, k, Metric::kL2, d_dist, d_ids_out);
+//
+// Every pointer except the Context's is device memory; every call is enqueued on the
+// Context's stream (the call returns once the work is enqueued and checked, results are
+// ready after ctx.Synchronize()). Results are nearest first: ascending squared L2,
+// descending inner product. Deleted rows are never returned; missing
+// results are (-1, +inf for L2 / -inf for inner product). Flat rows are deleted through
+// FlatData::row_bias (+inf), IVF rows through an id of -1.
+//
+// How it works: distances come from cuBLAS GEMM (||x||^2 - 2<x,q> + ||q||^2 with stored
+// norms) or, for batches of at most 8 queries, from a kernel that reads each row once;
+// a block-wide radix select keeps the k best of each segment of a row, and further
+// rounds reduce the segments until k are left, which are sorted. k has no limit below
+// kMaxK: a larger k only means more rounds. The database is processed in tiles whose
+// size follows the Context's scratch budget, so memory stays bounded for any n.
+#ifndef SHARDVEC_KERNELS_KNN_H_
+#define SHARDVEC_KERNELS_KNN_H_
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+
+namespace shardvec::kernels {
+
+enum class Metric { kL2, kInnerProduct };  // cosine: normalise, then kInnerProduct
+enum class Storage { kFloat32, kFloat16 };  // float16 rows, float32 arithmetic
+
+inline constexpr int kMaxK = 4096;
+
+// Usable CUDA devices; 0 when there is no driver or no device (never an error).
+int DeviceCount();
+// "NVIDIA H100 80GB HBM3 (sm_90, 132 SMs, 79.1 GiB)", or the error text.
+std::string DeviceDescription(int device);
+
+// A device, a stream, a cuBLAS handle and scratch memory for searches. Owned by one
+// thread at a time (not thread-safe); the index backend keeps one per device.
+class Context {
+ public:
+  // scratch_budget bounds the temporary memory of one search (distance tiles and
+  // candidate lists, taken from the device's stream-ordered pool); FAILED_PRECONDITION
+  // if the device does not exist.
+  static absl::StatusOr<std::unique_ptr<Context>> Create(int device,
+                                                         size_t scratch_budget = size_t{1} << 30);
+  ~Context();
+  Context(const Context&) = delete;
+  Context& operator=(const Context&) = delete;
+
+  int device() const { return device_; }
+  void* stream() const { return stream_; }  // cudaStream_t
+  size_t scratch_budget() const { return scratch_budget_; }
+
+  // Waits for the stream; returns the first asynchronous error, if any.
+  absl::Status Synchronize();
+
+  void* cublas() const { return cublas_; }  // cublasHandle_t
+
+ private:
+  Context() = default;
+  int device_ = 0;
+  void* stream_ = nullptr;
+  void* cublas_ = nullptr;
+  size_t scratch_budget_ = 0;
+};
+
+// A database of n rows on the device. The ranking key of row i for query q is
+// row_bias[i] - 2<x_i,q> for L2 and row_bias[i] - <x_i,q> for inner product, so
+// row_bias holds ||x_i||^2 (L2) or 0 (inner product), and +inf for a deleted row;
+// RowBias() fills it.
+struct FlatData {
+  const void* vectors = nullptr;      // n x dim, float or __half per `storage`
+  Storage storage = Storage::kFloat32;
+  const float* row_bias = nullptr;    // n floats, see above
+  const int64_t* ids = nullptr;       // n ids, or null for ids 0..n-1
+  int64_t n = 0;
+  int dim = 0;
+};
+
+// Exact k-NN of nq queries (device float, nq x dim): out_dist / out_ids are nq x k.
+absl::Status FlatSearch(Context& ctx, const FlatData& db, const float* queries, int64_t nq, int k,
+                        Metric metric, float* out_dist, int64_t* out_ids);
+
+// Inverted lists on the device: list l holds sizes[l] rows at vectors[l] with ids[l]
+// (-1 marks a deleted row). The arrays of pointers are themselves device arrays.
+// Distances within lists are computed directly (sum of squared differences), as
+// FAISS's CPU IVF-Flat does.
+struct IvfData {
+  const float* centroids = nullptr;   // nlist x dim
+  const float* centroid_bias = nullptr;  // RowBias() of the centroids under the metric
+  int nlist = 0;
+  int dim = 0;
+  Storage storage = Storage::kFloat32;
+  const void* const* vectors = nullptr;
+  const int64_t* const* ids = nullptr;
+  const int32_t* sizes = nullptr;
+  int32_t max_list_size = 0;          // host-side upper bound on sizes[l]
+};
+
+// IVF-Flat k-NN: the nprobe nearest centroids by L2 (what FAISS's IVF quantizer does
+// for L2; for inner product the quantizer ranks by inner product), then exact distances
+// within those lists.
+absl::Status IvfSearch(Context& ctx, const IvfData& ivf, const float* queries, int64_t nq, int k,
+                       int nprobe, Metric metric, float* out_dist, int64_t* out_ids);
+
+// The nprobe nearest centroids of each query (nq x nprobe list numbers), as IvfSearch
+// picks them; used to assign vectors to lists on add.
+absl::Status IvfAssign(Context& ctx, const IvfData& ivf, const float* queries, int64_t nq,
+                       int nprobe, Metric metric, int64_t* out_lists);
+
+// Merges m result lists per query (nq x m x k_in, each list in any order) into the k
+// best (nq x k, sorted); duplicates of an id are not removed (shards own disjoint ids).
+absl::Status MergeTopK(Context& ctx, const float* dist, const int64_t* ids, int64_t nq, int m,
+                       int k_in, int k, Metric metric, float* out_dist, int64_t* out_ids);
+
+// FlatData::row_bias for n rows: ||x||^2 (L2) or 0 (inner product), +inf where
+// deleted[i] != 0 (deleted may be null).
+absl::Status RowBias(Context& ctx, const void* vectors, Storage storage, int64_t n, int dim,
+                     Metric metric, const uint8_t* deleted, float* out);
+
+// float -> __half conversion on the device (n values).
+absl::Status ToHalf(Context& ctx, const float* in, int64_t n, void* out);
+
+}  // namespace shardvec::kernels
+
+#endif  // SHARDVEC_KERNELS_KNN_H_

@@ -1,0 +1,96 @@
+// Kernel launchers behind knn.h (internal): plain CUDA types and cudaError_t, so that
+// knn.cc (host code with absl) and knn_kernels.cu (device code) meet without either
+// including the other's world.
+//
+// Keys: a distance becomes a uint32 key whose unsigned order is the ranking order
+// (OrderKey in knn_kernels.cu); kMissingKey sorts after every real key.
+#ifndef SHARDVEC_KERNELS_LAUNCH_H_
+#define SHARDVEC_KERNELS_LAUNCH_H_
+
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+namespace shardvec::kernels::internal {
+
+inline constexpr uint32_t kMissingKey = 0xffffffffu;
+
+// Smallest power of two >= k.
+inline int SortWidth(int k) {
+  int p = 1;
+  while (p < k) p <<= 1;
+  return p;
+}
+
+// Elements one select block reduces to k: at least twice k, at least 4096.
+inline int SegmentLength(int k) {
+  int s = 2 * SortWidth(k);
+  return s < 4096 ? 4096 : s;
+}
+
+// dots[q * ld + i] = <x[row0 + i], queries[q]> for i < rows, q < nq <= 8.
+cudaError_t SmallBatchDots(const void* x, bool half, int dim, int64_t row0, int64_t rows,
+                           const float* queries, int nq, float* dots, int64_t ld,
+                           cudaStream_t stream);
+
+// Round one from a tile of dot products (nq x rows, leading dimension ld, rows of the
+// database starting at row0): key = bias[row0 + i] + scale * tile[q][i]. Each segment
+// of seg_len columns yields k (key, row) pairs at out_keys/out_vals[q * out_stride +
+// out_offset + seg * k], padded with kMissingKey / -1.
+cudaError_t SelectFromTile(const float* tile, int64_t nq, int64_t rows, int64_t ld,
+                           const float* bias, int64_t row0, float scale, int k,
+                           uint32_t* out_keys, int64_t* out_vals, int64_t out_stride,
+                           int64_t out_offset, cudaStream_t stream);
+
+// Further rounds: row q has len pairs at keys/vals[q * stride]; each segment of
+// SegmentLength(k) yields k pairs at out[q * out_stride + seg * k]. Returns the number
+// of segments through *segments.
+cudaError_t SelectRound(const uint32_t* keys, const int64_t* vals, int64_t nq, int64_t len,
+                        int64_t stride, int k, uint32_t* out_keys, int64_t* out_vals,
+                        int64_t out_stride, int64_t* segments, cudaStream_t stream);
+
+// The last step: row q's len <= SegmentLength(k) pairs -> its k best, sorted, as
+// distances and ids. dist = key value (+ q_sq_norms[q] for L2, clamped at 0) or its
+// negation (inner product); id = id_map[val] (id_map null: val itself); a missing or
+// +inf key gives (-1, +inf / -inf).
+cudaError_t Finalize(const uint32_t* keys, const int64_t* vals, int64_t nq, int64_t len,
+                     int64_t stride, int k, bool inner_product, const float* q_sq_norms,
+                     const int64_t* id_map, float* out_dist, int64_t* out_ids,
+                     cudaStream_t stream);
+
+// Distances (or negated inner products) to keys: keys[i] = OrderKey(sign * dist[i]).
+cudaError_t DistancesToKeys(const float* dist, int64_t n, bool inner_product, uint32_t* keys,
+                            cudaStream_t stream);
+
+// Copies k pairs per row: dst[q * dst_stride + j] = src[q * src_stride + j].
+cudaError_t CopyPairs(const uint32_t* src_keys, const int64_t* src_vals, int64_t src_stride,
+                      uint32_t* dst_keys, int64_t* dst_vals, int64_t dst_stride, int64_t nq,
+                      int k, cudaStream_t stream);
+
+// Fills nq x k pairs with (kMissingKey, -1).
+cudaError_t FillMissing(uint32_t* keys, int64_t* vals, int64_t nq, int64_t stride, int k,
+                        cudaStream_t stream);
+
+// IVF list scan: for query q and probe p, list l = lists[q * nprobe + p] (< 0: none);
+// the k best of that list (direct squared L2, or negated inner product; rows with id -1
+// skipped) as (key, id) at out[(q * nprobe + p) * k].
+cudaError_t IvfScan(const void* const* list_vectors, const int64_t* const* list_ids,
+                    const int32_t* list_sizes, bool half, int dim, const float* queries,
+                    int64_t nq, const int64_t* lists, int nprobe, int k, bool inner_product,
+                    uint32_t* out_keys, int64_t* out_vals, cudaStream_t stream);
+
+// out[i] = ||x_i||^2 (L2) or 0, +inf where deleted && deleted[i].
+cudaError_t RowBias(const void* x, bool half, int64_t n, int dim, bool inner_product,
+                    const uint8_t* deleted, float* out, cudaStream_t stream);
+
+// ||q_i||^2 for float rows.
+cudaError_t SquaredNorms(const float* x, int64_t n, int dim, float* out, cudaStream_t stream);
+
+cudaError_t ToHalf(const float* in, int64_t n, void* out, cudaStream_t stream);
+
+// out[i] = i for i < n.
+cudaError_t Iota(int64_t* out, int64_t n, cudaStream_t stream);
+
+}  // namespace shardvec::kernels::internal
+
+#endif  // SHARDVEC_KERNELS_LAUNCH_H_

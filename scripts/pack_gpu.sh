@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Builds the GPU test and benchmark binaries with the static `portable` config and packs
+# them, stripped and xz-compressed, into .gpu/ (git-ignored) for a run on a GPU machine
+# that has the CUDA driver and libraries but no build tools: scripts/gpu_run.sh there
+# unpacks and runs them.
+#   scripts/pack_gpu.sh [extra bazel targets...]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+targets=(//kernels:knn_test //bench:gpu_bench "$@")
+bazel build -c opt --config=portable --config=cuda "${targets[@]}"
+out=bazel-out/k8-optportable/bin
+mkdir -p .gpu
+rm -f .gpu/*.xz
+for t in "${targets[@]}"; do
+  path="${t#//}"
+  bin="$out/${path/://}"
+  name="$(basename "$bin")"
+  strip -o ".gpu/$name" "$bin"
+  xz -9 -T2 -f ".gpu/$name"
+done
+cp scripts/gpu_run.sh .gpu/ 2>/dev/null || true
+ls -la .gpu
+du -sh .gpu
