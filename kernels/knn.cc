@@ -165,25 +165,23 @@ absl::Status Context::Synchronize() {
   return absl::OkStatus();
 }
 
-absl::Status FlatSearch(Context& ctx, const FlatData& db, const float* queries, int64_t nq, int k,
-                        Metric metric, float* out_dist, int64_t* out_ids) {
-  if (absl::Status s = CheckK(k); !s.ok()) return s;
-  if (nq < 0) return absl::InvalidArgumentError("nq: must be >= 0");
-  if (db.dim <= 0) return absl::InvalidArgumentError("dim: must be positive");
-  if (db.n < 0 || db.n > std::numeric_limits<int32_t>::max()) {
-    return absl::InvalidArgumentError("n: must be in [0, 2^31) rows per device");
-  }
-  if (nq == 0) return absl::OkStatus();
-  SV_CUDA(cudaSetDevice(ctx.device()), "cudaSetDevice");
+namespace {
+
+// The k best rows of each query. Either finalized (sorted distances and ids into
+// out_dist/out_ids) or, when pair_keys is set, left as nq x k unsorted (key, row) pairs
+// whose keys are row_bias + scale * dot (no ||q||^2). tf32: the GEMM runs on tensor
+// cores in TF32 (callers re-rank).
+absl::Status FlatTopK(Context& ctx, const FlatData& db, const float* queries, int64_t nq, int k,
+                      Metric metric, bool tf32, float* out_dist, int64_t* out_ids,
+                      uint32_t* pair_keys, int64_t* pair_vals) {
   cudaStream_t stream = StreamOf(ctx);
   const bool ip = metric == Metric::kInnerProduct;
   const bool half = db.storage == Storage::kFloat16;
   Temp temp(stream);
 
-  float* q_norms = nullptr;
-  if (!ip) {
-    if (auto s = temp.Alloc(nq, &q_norms); !s.ok()) return s;
-    SV_CUDA(internal::SquaredNorms(queries, nq, db.dim, q_norms, stream), "query norms");
+  if (db.n == 0 && pair_keys != nullptr) {
+    SV_CUDA(internal::FillMissing(pair_keys, pair_vals, nq, k, k, stream), "fill");
+    return absl::OkStatus();
   }
   if (db.n == 0) {
     uint32_t* keys;
@@ -191,7 +189,7 @@ absl::Status FlatSearch(Context& ctx, const FlatData& db, const float* queries, 
     if (auto s = temp.Alloc(nq * k, &keys); !s.ok()) return s;
     if (auto s = temp.Alloc(nq * k, &vals); !s.ok()) return s;
     SV_CUDA(internal::FillMissing(keys, vals, nq, k, k, stream), "fill");
-    SV_CUDA(internal::Finalize(keys, vals, nq, k, k, k, ip, nullptr, nullptr, out_dist, out_ids,
+    SV_CUDA(internal::Finalize(keys, vals, nq, k, k, k, ip, nullptr, 0, nullptr, out_dist, out_ids,
                                stream),
             "finalize");
     return absl::OkStatus();
@@ -201,7 +199,7 @@ absl::Status FlatSearch(Context& ctx, const FlatData& db, const float* queries, 
   const bool small = nq <= 8;
   const int seg = SegmentLength(k);
   auto bytes_for = [&](int64_t qb, int64_t t) {
-    const int64_t nseg = CeilDiv(t, seg);
+    const int64_t nseg = CeilDiv(t, internal::kTileSegment);
     const int64_t cand = k + nseg * k;
     const int64_t spare = CeilDiv(cand, seg) * k;
     return qb * (t * 4 + (cand + spare + k) * 12 + (half ? 2 * db.dim : 0));
@@ -210,17 +208,17 @@ absl::Status FlatSearch(Context& ctx, const FlatData& db, const float* queries, 
   int64_t t = db.n;
   const int64_t budget = static_cast<int64_t>(ctx.scratch_budget());
   while (bytes_for(qb, t) > budget) {
-    if (qb > 256 && (qb >= 4 * CeilDiv(t, 1 << 18) || t <= seg)) {
+    if (qb > 256 && (qb >= 4 * CeilDiv(t, 1 << 18) || t <= internal::kTileSegment)) {
       qb = CeilDiv(qb, 2);
-    } else if (t > seg) {
-      t = CeilDiv(CeilDiv(t, 2), seg) * seg;
+    } else if (t > internal::kTileSegment) {
+      t = CeilDiv(CeilDiv(t, 2), internal::kTileSegment) * internal::kTileSegment;
     } else if (qb > 1) {
       qb = CeilDiv(qb, 2);
     } else {
       break;
     }
   }
-  const int64_t nseg_max = CeilDiv(t, seg);
+  const int64_t nseg_max = CeilDiv(t, internal::kTileSegment);
   const int64_t cand_stride = k + nseg_max * k;
   const int64_t spare_stride = CeilDiv(cand_stride, seg) * k;
 
@@ -247,7 +245,6 @@ absl::Status FlatSearch(Context& ctx, const FlatData& db, const float* queries, 
     if (q_half != nullptr) {
       SV_CUDA(internal::ToHalf(qblock, nb * db.dim, q_half, stream), "query to half");
     }
-    SV_CUDA(internal::FillMissing(run_k, run_v, nb, k, k, stream), "fill");
     for (int64_t t0 = 0; t0 < db.n; t0 += t) {
       const int64_t rows = std::min(t, db.n - t0);
       if (small) {
@@ -264,31 +261,146 @@ absl::Status FlatSearch(Context& ctx, const FlatData& db, const float* queries, 
                             db.dim, q_half, CUDA_R_16F, db.dim, &zero, dots, CUDA_R_32F,
                             static_cast<int>(rows), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
         } else {
+          cublasSetMathMode(handle, tf32 ? CUBLAS_TF32_TENSOR_OP_MATH : CUBLAS_DEFAULT_MATH);
           st = cublasSgemm(handle, CUBLAS_OP_T, CUBLAS_OP_N, static_cast<int>(rows),
                            static_cast<int>(nb), db.dim, &one,
                            static_cast<const float*>(db.vectors) + t0 * db.dim, db.dim, qblock,
                            db.dim, &zero, dots, static_cast<int>(rows));
+          cublasSetMathMode(handle, CUBLAS_DEFAULT_MATH);
         }
         if (auto s = CublasStatus(st, "GEMM"); !s.ok()) return s;
       }
+      // The first tile's candidates start the row; later tiles' follow the running k.
+      const bool first = t0 == 0;
+      const int64_t offset = first ? 0 : k;
       SV_CUDA(internal::SelectFromTile(dots, nb, rows, rows, db.row_bias, t0, scale, k, cand_k,
-                                       cand_v, cand_stride, k, stream),
+                                       cand_v, cand_stride, offset, stream),
               "select");
-      SV_CUDA(internal::CopyPairs(run_k, run_v, k, cand_k, cand_v, cand_stride, nb, k, stream),
-              "copy");
-      const int64_t len = k + CeilDiv(rows, seg) * k;
-      if (auto s = ReduceToK(cand_k, cand_v, nb, len, cand_stride, k, spare_k, spare_v, run_k,
-                             run_v, k, stream);
+      if (!first) {
+        SV_CUDA(internal::CopyPairs(run_k, run_v, k, cand_k, cand_v, cand_stride, nb, k, stream),
+                "copy");
+      }
+      const int64_t len = offset + CeilDiv(rows, internal::kTileSegment) * k;
+      const bool last = t0 + rows >= db.n;
+      if (last && len <= seg && pair_keys == nullptr) {  // one segment left: finish here
+        SV_CUDA(internal::Finalize(cand_k, cand_v, nb, len, cand_stride, k, ip,
+                                   ip ? nullptr : qblock, db.dim, db.ids, out_dist + q0 * k,
+                                   out_ids + q0 * k, stream),
+                "finalize");
+        break;
+      }
+      uint32_t* dst_k = last && pair_keys != nullptr ? pair_keys + q0 * k : run_k;
+      int64_t* dst_v = last && pair_keys != nullptr ? pair_vals + q0 * k : run_v;
+      if (auto s = ReduceToK(cand_k, cand_v, nb, len, cand_stride, k, spare_k, spare_v, dst_k,
+                             dst_v, k, stream);
           !s.ok()) {
         return s;
       }
+      if (last && pair_keys == nullptr) {
+        SV_CUDA(internal::Finalize(run_k, run_v, nb, k, k, k, ip, ip ? nullptr : qblock, db.dim,
+                                   db.ids, out_dist + q0 * k, out_ids + q0 * k, stream),
+                "finalize");
+      }
     }
-    SV_CUDA(internal::Finalize(run_k, run_v, nb, k, k, k, ip, ip ? nullptr : q_norms + q0, db.ids,
-                               out_dist + q0 * k, out_ids + q0 * k, stream),
-            "finalize");
   }
   SV_CUDA(cudaGetLastError(), "flat search");
   return absl::OkStatus();
+}
+
+// Exact search through TF32 tensor cores: the GEMM ranks k' >= 2k + 32 candidates, whose
+// distances are then computed exactly in float32. A query is exact when its k-th exact
+// distance is below the k'-th approximate one minus the largest TF32 error any row can
+// have (2 eps ||x||max ||q||, eps bounding |<x,q>_tf32 - <x,q>| / (||x|| ||q||)); the
+// few queries where that fails are searched again in float32.
+absl::Status FlatSearchTf32(Context& ctx, const FlatData& db, const float* queries, int64_t nq,
+                            int k, float* out_dist, int64_t* out_ids, int64_t* fallbacks) {
+  cudaStream_t stream = StreamOf(ctx);
+  // A wider margin means fewer fallbacks; up to 256 the tile select's prefilter holds.
+  const int kc = std::min(std::max(2 * k + 32, std::min(4 * k + 64, 256)), kMaxK);
+  Temp temp(stream);
+  uint32_t *pair_k = nullptr, *exact_k = nullptr;
+  int64_t *pair_v = nullptr, *exact_v = nullptr;
+  uint8_t* ok = nullptr;
+  float* max_norm = nullptr;
+  if (auto s = temp.Alloc(nq * kc, &pair_k); !s.ok()) return s;
+  if (auto s = temp.Alloc(nq * kc, &pair_v); !s.ok()) return s;
+  if (auto s = temp.Alloc(nq * kc, &exact_k); !s.ok()) return s;
+  if (auto s = temp.Alloc(nq * kc, &exact_v); !s.ok()) return s;
+  if (auto s = temp.Alloc(nq, &ok); !s.ok()) return s;
+  if (auto s = temp.Alloc(1, &max_norm); !s.ok()) return s;
+  if (auto s = FlatTopK(ctx, db, queries, nq, kc, Metric::kL2, /*tf32=*/true, nullptr, nullptr,
+                        pair_k, pair_v);
+      !s.ok()) {
+    return s;
+  }
+  SV_CUDA(internal::MaxFinite(db.row_bias, db.n, max_norm, stream), "max norm");
+  // TF32 keeps 10 mantissa bits: each product is off by at most 2^-10 relative, plus
+  // float32 accumulation over dim terms; 10% slack on top.
+  const float eps = 1.1f * (std::ldexp(1.0f, -10) + db.dim * std::ldexp(1.0f, -23));
+  SV_CUDA(internal::RerankL2(static_cast<const float*>(db.vectors), db.dim, queries, nq, pair_k,
+                             pair_v, kc, k, eps, max_norm, exact_k, exact_v, ok, stream),
+          "re-rank");
+  SV_CUDA(internal::Finalize(exact_k, exact_v, nq, kc, kc, k, /*inner_product=*/false, nullptr, 0,
+                             db.ids, out_dist, out_ids, stream),
+          "finalize");
+  std::vector<uint8_t> host_ok(nq);
+  SV_CUDA(cudaMemcpyAsync(host_ok.data(), ok, nq, cudaMemcpyDeviceToHost, stream), "copy flags");
+  SV_CUDA(cudaStreamSynchronize(stream), "re-rank");
+  std::vector<int64_t> redo;
+  for (int64_t q = 0; q < nq; ++q) {
+    if (!host_ok[q]) redo.push_back(q);
+  }
+  if (fallbacks != nullptr) *fallbacks = static_cast<int64_t>(redo.size());
+  if (redo.empty()) return absl::OkStatus();
+  const int64_t nr = static_cast<int64_t>(redo.size());
+  float *rq = nullptr, *rd = nullptr;
+  int64_t* ri = nullptr;
+  if (auto s = temp.Alloc(nr * db.dim, &rq); !s.ok()) return s;
+  if (auto s = temp.Alloc(nr * k, &rd); !s.ok()) return s;
+  if (auto s = temp.Alloc(nr * k, &ri); !s.ok()) return s;
+  for (int64_t i = 0; i < nr; ++i) {
+    SV_CUDA(cudaMemcpyAsync(rq + i * db.dim, queries + redo[i] * db.dim, sizeof(float) * db.dim,
+                            cudaMemcpyDeviceToDevice, stream),
+            "gather");
+  }
+  if (auto s = FlatTopK(ctx, db, rq, nr, k, Metric::kL2, /*tf32=*/false, rd, ri, nullptr, nullptr);
+      !s.ok()) {
+    return s;
+  }
+  for (int64_t i = 0; i < nr; ++i) {
+    SV_CUDA(cudaMemcpyAsync(out_dist + redo[i] * k, rd + i * k, sizeof(float) * k,
+                            cudaMemcpyDeviceToDevice, stream),
+            "scatter");
+    SV_CUDA(cudaMemcpyAsync(out_ids + redo[i] * k, ri + i * k, sizeof(int64_t) * k,
+                            cudaMemcpyDeviceToDevice, stream),
+            "scatter");
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+bool UsesTensorCores(const FlatData& db, int64_t nq, int k, Metric metric) {
+  return db.storage == Storage::kFloat32 && metric == Metric::kL2 && nq >= 64 && k <= 256 &&
+         db.dim >= 32 && db.n >= 4 * (2 * int64_t{k} + 32);
+}
+
+absl::Status FlatSearch(Context& ctx, const FlatData& db, const float* queries, int64_t nq, int k,
+                        Metric metric, float* out_dist, int64_t* out_ids, int64_t* fallbacks) {
+  if (absl::Status s = CheckK(k); !s.ok()) return s;
+  if (nq < 0) return absl::InvalidArgumentError("nq: must be >= 0");
+  if (db.dim <= 0) return absl::InvalidArgumentError("dim: must be positive");
+  if (db.n < 0 || db.n > std::numeric_limits<int32_t>::max()) {
+    return absl::InvalidArgumentError("n: must be in [0, 2^31) rows per device");
+  }
+  if (fallbacks != nullptr) *fallbacks = 0;
+  if (nq == 0) return absl::OkStatus();
+  SV_CUDA(cudaSetDevice(ctx.device()), "cudaSetDevice");
+  if (ctx.allow_tf32() && UsesTensorCores(db, nq, k, metric)) {
+    return FlatSearchTf32(ctx, db, queries, nq, k, out_dist, out_ids, fallbacks);
+  }
+  return FlatTopK(ctx, db, queries, nq, k, metric, /*tf32=*/false, out_dist, out_ids, nullptr,
+                  nullptr);
 }
 
 absl::Status IvfAssign(Context& ctx, const IvfData& ivf, const float* queries, int64_t nq,
@@ -349,7 +461,7 @@ absl::Status IvfSearch(Context& ctx, const IvfData& ivf, const float* queries, i
         !s.ok()) {
       return s;
     }
-    SV_CUDA(internal::Finalize(run_k, run_v, nb, k, k, k, ip, nullptr, nullptr, out_dist + q0 * k,
+    SV_CUDA(internal::Finalize(run_k, run_v, nb, k, k, k, ip, nullptr, 0, nullptr, out_dist + q0 * k,
                                out_ids + q0 * k, stream),
             "finalize");
   }
@@ -383,7 +495,7 @@ absl::Status MergeTopK(Context& ctx, const float* dist, const int64_t* ids, int6
       !s.ok()) {
     return s;
   }
-  SV_CUDA(internal::Finalize(run_k, run_v, nq, k, k, k, ip, nullptr, nullptr, out_dist, out_ids,
+  SV_CUDA(internal::Finalize(run_k, run_v, nq, k, k, k, ip, nullptr, 0, nullptr, out_dist, out_ids,
                              stream),
           "finalize");
   return absl::OkStatus();

@@ -63,12 +63,17 @@ class Context {
 
   void* cublas() const { return cublas_; }  // cublasHandle_t
 
+  // Whether FlatSearch may use TF32 tensor cores (results stay exact; see FlatSearch).
+  bool allow_tf32() const { return allow_tf32_; }
+  void set_allow_tf32(bool allow) { allow_tf32_ = allow; }
+
  private:
   Context() = default;
   int device_ = 0;
   void* stream_ = nullptr;
   void* cublas_ = nullptr;
   size_t scratch_budget_ = 0;
+  bool allow_tf32_ = true;
 };
 
 // A database of n rows on the device. The ranking key of row i for query q is
@@ -85,8 +90,17 @@ struct FlatData {
 };
 
 // Exact k-NN of nq queries (device float, nq x dim): out_dist / out_ids are nq x k.
+// Where UsesTensorCores() says so (and ctx.allow_tf32()), the GEMM runs in TF32 on the
+// tensor cores for 2k + 32 candidates that are re-ranked in float32, with a per-query
+// proof that no other row can enter the top k; queries without that proof are searched
+// again in float32 (*fallbacks counts them). That path synchronizes the stream.
 absl::Status FlatSearch(Context& ctx, const FlatData& db, const float* queries, int64_t nq, int k,
-                        Metric metric, float* out_dist, int64_t* out_ids);
+                        Metric metric, float* out_dist, int64_t* out_ids,
+                        int64_t* fallbacks = nullptr);
+
+// Whether FlatSearch takes the TF32 tensor-core path: float32 rows, L2, batches of 64
+// or more, k <= 256.
+bool UsesTensorCores(const FlatData& db, int64_t nq, int k, Metric metric);
 
 // Inverted lists on the device: list l holds sizes[l] rows at vectors[l] with ids[l]
 // (-1 marks a deleted row). The arrays of pointers are themselves device arrays.

@@ -2,6 +2,7 @@
 // of the final k, and the IVF list scan. Launchers are declared in launch.h.
 #include <cuda_fp16.h>
 
+#include <algorithm>
 #include <cstdint>
 
 #include "kernels/launch.h"
@@ -27,6 +28,12 @@ __device__ __forceinline__ float KeyValue(uint32_t key) {
 
 __host__ __device__ __forceinline__ int64_t MinI64(int64_t a, int64_t b) { return a < b ? a : b; }
 
+__device__ __forceinline__ float WarpSum(float v) {
+#pragma unroll
+  for (int off = 16; off > 0; off >>= 1) v += __shfl_xor_sync(kFullMask, v, off);
+  return v;
+}
+
 struct SelectState {
   uint32_t hist[256];
   uint32_t kth;        // the k-th smallest key
@@ -36,10 +43,14 @@ struct SelectState {
 };
 
 // Radix select, 8 bits a pass: after return (and a barrier) st.kth is the k-th smallest
-// of keys[0..n) and st.remaining how many keys equal to it belong to the k smallest.
-// 1 <= k <= n. Histogram updates are aggregated per warp (__match_any_sync) because
-// distances of one row share their high bits, which would serialise plain atomics.
-__device__ void FindKth(const uint32_t* keys, int n, int k, SelectState& st) {
+// key and st.remaining how many keys equal to it belong to the k smallest. 1 <= k <=
+// number of keys. for_each(visit) calls visit(key, valid) for each of this thread's
+// keys, the same number of times in every thread of the block (the visits use warp
+// votes), so keys may live in shared memory or in registers. Histogram updates are
+// aggregated per warp (__match_any_sync) because distances of one row share their high
+// bits, which would serialise plain atomics.
+template <typename ForEach>
+__device__ void FindKthBy(int k, SelectState& st, ForEach for_each) {
   const int lane = threadIdx.x & 31;
   if (threadIdx.x == 0) {
     st.kth = 0;
@@ -50,21 +61,15 @@ __device__ void FindKth(const uint32_t* keys, int n, int k, SelectState& st) {
     for (int i = threadIdx.x; i < 256; i += blockDim.x) st.hist[i] = 0;
     __syncthreads();
     const uint32_t prefix = st.kth;
-    for (int base = 0; base < n; base += blockDim.x) {
-      const int i = base + threadIdx.x;
-      uint32_t key = 0;
-      bool in = false;
-      if (i < n) {
-        key = keys[i];
-        in = (key & mask) == prefix;
-      }
+    for_each([&](uint32_t key, bool valid) {
+      const bool in = valid && (key & mask) == prefix;
       const unsigned active = __ballot_sync(kFullMask, in);
       if (in) {
         const uint32_t digit = (key >> shift) & 0xffu;
         const unsigned peers = __match_any_sync(active, digit);
         if (lane == __ffs(peers) - 1) atomicAdd(&st.hist[digit], __popc(peers));
       }
-    }
+    });
     __syncthreads();
     if (threadIdx.x < 32) {
       uint32_t c[8];
@@ -100,10 +105,32 @@ __device__ void FindKth(const uint32_t* keys, int n, int k, SelectState& st) {
   }
 }
 
-// Writes the k smallest pairs of keys/vals[0..n) to out[0..k), in any order. Needs
-// FindKth's state; ends with a barrier.
-__device__ void CompactSelected(const uint32_t* keys, const int64_t* vals, int n, int k,
-                                SelectState& st, uint32_t* out_keys, int64_t* out_vals) {
+// Visits keys[0..n) in shared memory, blockDim.x at a time.
+struct SmemKeys {
+  const uint32_t* keys;
+  int n;
+  template <typename Visit>
+  __device__ void operator()(Visit visit) const {
+    for (int base = 0; base < n; base += blockDim.x) {
+      const int i = base + threadIdx.x;
+      visit(i < n ? keys[i] : kMissingKey, i < n, i);
+    }
+  }
+};
+
+__device__ void FindKth(const uint32_t* keys, int n, int k, SelectState& st) {
+  const SmemKeys each{keys, n};
+  FindKthBy(k, st, [&](auto visit) {
+    each([&](uint32_t key, bool valid, int) { visit(key, valid); });
+  });
+}
+
+// Writes the k smallest keys, with value_of(index), to out[0..k) in any order. Needs
+// FindKth's state; for_each(visit) calls visit(key, valid, index) like FindKthBy's.
+// Ends with a barrier.
+template <typename ForEach, typename ValueOf>
+__device__ void CompactSelectedBy(ForEach for_each, ValueOf value_of, int k, SelectState& st,
+                                  uint32_t* out_keys, int64_t* out_vals) {
   const int lane = threadIdx.x & 31;
   const uint32_t kth = st.kth;
   const uint32_t need_eq = st.remaining;
@@ -115,11 +142,9 @@ __device__ void CompactSelected(const uint32_t* keys, const int64_t* vals, int n
   }
   __syncthreads();
   const unsigned below = (1u << lane) - 1u;
-  for (int base = 0; base < n; base += blockDim.x) {
-    const int i = base + threadIdx.x;
-    const uint32_t key = i < n ? keys[i] : kMissingKey;
-    const bool lt = i < n && key < kth;
-    const bool eq = i < n && key == kth;
+  for_each([&](uint32_t key, bool valid, int i) {
+    const bool lt = valid && key < kth;
+    const bool eq = valid && key == kth;
     const unsigned bl = __ballot_sync(kFullMask, lt);
     const unsigned be = __ballot_sync(kFullMask, eq);
     uint32_t base_l = 0, base_e = 0;
@@ -132,17 +157,23 @@ __device__ void CompactSelected(const uint32_t* keys, const int64_t* vals, int n
     if (lt) {
       const uint32_t p = base_l + __popc(bl & below);
       out_keys[p] = key;
-      out_vals[p] = vals[i];
+      out_vals[p] = value_of(i);
     }
     if (eq) {
       const uint32_t p = base_e + __popc(be & below);
       if (p < need_eq) {
         out_keys[less + p] = key;
-        out_vals[less + p] = vals[i];
+        out_vals[less + p] = value_of(i);
       }
     }
-  }
+  });
   __syncthreads();
+}
+
+__device__ void CompactSelected(const uint32_t* keys, const int64_t* vals, int n, int k,
+                                SelectState& st, uint32_t* out_keys, int64_t* out_vals) {
+  CompactSelectedBy(SmemKeys{keys, n}, [vals](int i) { return vals[i]; }, k, st, out_keys,
+                    out_vals);
 }
 
 // The k best of keys/vals[0..n) to out[0..k): all of them padded with missing pairs when
@@ -197,25 +228,125 @@ __device__ PairSmem CarvePairs(unsigned char* raw, int capacity) {
   return s;
 }
 
-__global__ void SelectFromTileKernel(const float* tile, int64_t rows, int64_t ld,
-                                     const float* bias, int64_t row0, float scale, int k,
-                                     int seg_len, uint32_t* out_keys, int64_t* out_vals,
-                                     int64_t out_stride, int64_t out_offset) {
+// Bitonic sort across the 32 lanes of a warp; lane i gets the i-th smallest.
+__device__ __forceinline__ uint32_t WarpSortAscending(uint32_t v) {
+  const int lane = threadIdx.x & 31;
+#pragma unroll
+  for (int size = 2; size <= 32; size <<= 1) {
+#pragma unroll
+    for (int stride = size >> 1; stride > 0; stride >>= 1) {
+      const uint32_t other = __shfl_xor_sync(kFullMask, v, stride);
+      const bool ascending = (lane & size) == 0;
+      const bool lower = (lane & stride) == 0;
+      v = (lower == ascending) ? min(v, other) : max(v, other);
+    }
+  }
+  return v;
+}
+
+// Candidates a tile block keeps after its prefilter; more than this falls back to a
+// radix select over the whole segment.
+constexpr int kTileCandidates = 2048;
+// Keys each thread of a tile block holds in registers: segments of kThreads * kTileKeys.
+constexpr int kTileKeys = kTileSegment / kThreads;
+
+// Round one over a segment of a dot-product tile, keys in registers and values implicit
+// (the row). For k <= kThreads a prefilter runs first: the k-th smallest of the
+// per-thread minima bounds the segment's k-th smallest key (k distinct threads each
+// hold a key at or below it), and usually only a few times k keys pass it, so the radix
+// select runs on those instead of the whole segment.
+__global__ void __launch_bounds__(kThreads, 4)
+    SelectFromTileKernel(const float* tile, int64_t rows, int64_t ld, const float* bias,
+                         int64_t row0, float scale, int k, uint32_t* out_keys,
+                         int64_t* out_vals, int64_t out_stride, int64_t out_offset) {
   extern __shared__ __align__(16) unsigned char smem[];
   __shared__ SelectState st;
-  const PairSmem s = CarvePairs(smem, seg_len);
+  __shared__ uint32_t minima[kThreads];
+  int64_t* cand_vals = reinterpret_cast<int64_t*>(smem);
+  uint32_t* cand_keys = reinterpret_cast<uint32_t*>(smem + sizeof(int64_t) * kTileCandidates);
   const int64_t q = blockIdx.y;
-  const int64_t start = static_cast<int64_t>(blockIdx.x) * seg_len;
-  const int n = static_cast<int>(MinI64(seg_len, rows - start));
+  const int64_t start = static_cast<int64_t>(blockIdx.x) * kTileSegment;
+  const int64_t first_row = row0 + start;
+  const int n = static_cast<int>(MinI64(kTileSegment, rows - start));
   const float* in = tile + q * ld + start;
-  for (int i = threadIdx.x; i < n; i += blockDim.x) {
-    const int64_t row = row0 + start + i;
-    s.keys[i] = OrderKey(bias[row] + scale * in[i]);
-    s.vals[i] = row;
+  uint32_t key[kTileKeys];
+  uint32_t my_min = kMissingKey;
+#pragma unroll
+  for (int j = 0; j < kTileKeys; ++j) {
+    const int i = j * kThreads + threadIdx.x;
+    key[j] = i < n ? OrderKey(bias[first_row + i] + scale * in[i]) : kMissingKey;
+    my_min = min(my_min, key[j]);
   }
-  __syncthreads();
+  auto each = [&](auto visit) {
+#pragma unroll
+    for (int j = 0; j < kTileKeys; ++j) {
+      const int i = j * kThreads + threadIdx.x;
+      visit(key[j], i < n, i);
+    }
+  };
+  auto row_of = [first_row](int i) { return first_row + i; };
   const int64_t out = q * out_stride + out_offset + static_cast<int64_t>(blockIdx.x) * k;
-  SelectInto(s.keys, s.vals, n, k, st, out_keys + out, out_vals + out);
+  uint32_t* ok = out_keys + out;
+  int64_t* ov = out_vals + out;
+  if (n <= k) {
+    each([&](uint32_t kk, bool valid, int i) {
+      if (valid) {
+        ok[i] = kk;
+        ov[i] = row_of(i);
+      }
+    });
+    for (int i = n + threadIdx.x; i < k; i += blockDim.x) {
+      ok[i] = kMissingKey;
+      ov[i] = -1;
+    }
+    return;
+  }
+  if (k <= kThreads) {
+    minima[threadIdx.x] = my_min;
+    __syncthreads();
+    if (k <= 32) {
+      // Warp 0 sorts the minima of 32 groups of 8 thread minima; the k-th of those is
+      // an actual key with k distinct groups at or below it: the same kind of bound,
+      // for one sort in registers instead of a block-wide radix select.
+      if (threadIdx.x < 32) {
+        uint32_t v = minima[threadIdx.x * 8];
+#pragma unroll
+        for (int j = 1; j < 8; ++j) v = min(v, minima[threadIdx.x * 8 + j]);
+        v = WarpSortAscending(v);
+        if (threadIdx.x == k - 1) st.kth = v;
+      }
+    } else {
+      FindKth(minima, kThreads, k, st);
+    }
+    __syncthreads();
+    const uint32_t bound = st.kth;
+    __syncthreads();
+    if (threadIdx.x == 0) st.pos_less = 0;
+    __syncthreads();
+    const int lane = threadIdx.x & 31;
+    each([&](uint32_t kk, bool valid, int i) {
+      const bool pass = valid && kk <= bound;
+      const unsigned ballot = __ballot_sync(kFullMask, pass);
+      uint32_t at = 0;
+      if (lane == 0 && ballot) at = atomicAdd(&st.pos_less, __popc(ballot));
+      at = __shfl_sync(kFullMask, at, 0) + __popc(ballot & ((1u << lane) - 1u));
+      if (pass && at < kTileCandidates) {
+        cand_keys[at] = kk;
+        cand_vals[at] = row_of(i);
+      }
+    });
+    __syncthreads();
+    const int count = static_cast<int>(st.pos_less);
+    __syncthreads();
+    if (count <= kTileCandidates) {
+      SelectInto(cand_keys, cand_vals, count, k, st, ok, ov);
+      return;
+    }
+  }
+  FindKthBy(k, st, [&](auto visit) {
+    each([&](uint32_t kk, bool valid, int) { visit(kk, valid); });
+  });
+  CompactSelectedBy(each, row_of, k, st, ok, ov);
 }
 
 __global__ void SelectRoundKernel(const uint32_t* keys, const int64_t* vals, int64_t len,
@@ -238,7 +369,7 @@ __global__ void SelectRoundKernel(const uint32_t* keys, const int64_t* vals, int
 
 __global__ void FinalizeKernel(const uint32_t* keys, const int64_t* vals, int64_t len,
                                int64_t stride, int k, int seg_len, int sort_width,
-                               bool inner_product, const float* q_sq_norms,
+                               bool inner_product, const float* queries, int dim,
                                const int64_t* id_map, float* out_dist, int64_t* out_ids) {
   extern __shared__ __align__(16) unsigned char smem[];
   __shared__ SelectState st;
@@ -258,7 +389,17 @@ __global__ void FinalizeKernel(const uint32_t* keys, const int64_t* vals, int64_
   }
   __syncthreads();
   BitonicSort(sorted.keys, sorted.vals, sort_width);
-  const float q_norm = q_sq_norms != nullptr ? q_sq_norms[q] : 0.0f;
+  __shared__ float q_norm_shared;
+  if (threadIdx.x < 32) {
+    float acc = 0.0f;
+    if (queries != nullptr) {
+      for (int j = threadIdx.x; j < dim; j += 32) acc += queries[q * dim + j] * queries[q * dim + j];
+    }
+    acc = WarpSum(acc);
+    if (threadIdx.x == 0) q_norm_shared = acc;
+  }
+  __syncthreads();
+  const float q_norm = q_norm_shared;
   for (int j = threadIdx.x; j < k; j += blockDim.x) {
     const uint32_t key = sorted.keys[j];
     float dist;
@@ -284,7 +425,7 @@ __device__ __forceinline__ void RowDots(const float* row, const float* qs, int d
                                         float (&acc)[NQ]) {
   if ((dim & 3) == 0) {
     for (int j = lane * 4; j < dim; j += 128) {
-      const float4 v = __ldg(reinterpret_cast<const float4*>(row + j));
+      const float4 v = __ldcs(reinterpret_cast<const float4*>(row + j));  // read once: stream
 #pragma unroll
       for (int qi = 0; qi < NQ; ++qi) {
         const float4 w = *reinterpret_cast<const float4*>(qs + qi * dim + j);
@@ -305,7 +446,7 @@ __device__ __forceinline__ void RowDots(const __half* row, const float* qs, int 
                                         float (&acc)[NQ]) {
   if ((dim & 7) == 0) {
     for (int j = lane * 8; j < dim; j += 256) {
-      const uint4 raw = __ldg(reinterpret_cast<const uint4*>(row + j));
+      const uint4 raw = __ldcs(reinterpret_cast<const uint4*>(row + j));
       const __half2* h = reinterpret_cast<const __half2*>(&raw);
       float v[8];
 #pragma unroll
@@ -328,12 +469,6 @@ __device__ __forceinline__ void RowDots(const __half* row, const float* qs, int 
       for (int qi = 0; qi < NQ; ++qi) acc[qi] += v * qs[qi * dim + j];
     }
   }
-}
-
-__device__ __forceinline__ float WarpSum(float v) {
-#pragma unroll
-  for (int off = 16; off > 0; off >>= 1) v += __shfl_xor_sync(kFullMask, v, off);
-  return v;
 }
 
 // One warp per row; each row is read once for all NQ queries. Rows are taken
@@ -506,6 +641,82 @@ __global__ void IvfScanKernel(const void* const* list_vectors, const int64_t* co
   SelectInto(a.keys, a.vals, count, k, st, ok, ov);
 }
 
+__global__ void MaxFiniteKernel(const float* x, int64_t n, float* out) {
+  float m = 0.0f;
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const float v = x[i];
+    if (v < INFINITY) m = fmaxf(m, v);
+  }
+#pragma unroll
+  for (int off = 16; off > 0; off >>= 1) m = fmaxf(m, __shfl_xor_sync(kFullMask, m, off));
+  // Non-negative floats order like their bit patterns.
+  if ((threadIdx.x & 31) == 0) atomicMax(reinterpret_cast<unsigned*>(out), __float_as_uint(m));
+}
+
+// One block per query: warps compute exact distances of the candidates, then the
+// block checks the bound.
+__global__ void RerankL2Kernel(const float* x, int dim, const float* queries,
+                               const uint32_t* approx_keys, const int64_t* rows, int kc, int k,
+                               float eps, const float* max_sq_norm, uint32_t* out_keys,
+                               int64_t* out_vals, uint8_t* ok) {
+  extern __shared__ __align__(16) float qv[];
+  uint32_t* keys = reinterpret_cast<uint32_t*>(qv + dim);
+  __shared__ SelectState st;
+  __shared__ uint32_t max_approx;
+  __shared__ int any_missing;
+  __shared__ float q_sq;
+  const int64_t q = blockIdx.x;
+  const int lane = threadIdx.x & 31;
+  const int warp = threadIdx.x >> 5;
+  for (int i = threadIdx.x; i < dim; i += blockDim.x) qv[i] = queries[q * dim + i];
+  if (threadIdx.x == 0) {
+    max_approx = 0;
+    any_missing = 0;
+  }
+  __syncthreads();
+  if (warp == 0) {
+    float acc = 0.0f;
+    for (int j = lane; j < dim; j += 32) acc += qv[j] * qv[j];
+    acc = WarpSum(acc);
+    if (lane == 0) q_sq = acc;
+  }
+  for (int j = warp; j < kc; j += blockDim.x / 32) {
+    const int64_t row = rows[q * kc + j];
+    const uint32_t approx = approx_keys[q * kc + j];
+    uint32_t key = kMissingKey;
+    if (row >= 0 && approx < kInfKey) {
+      key = OrderKey(WarpSum(LaneScore<float>(x + row * dim, qv, dim, lane, false)));
+    }
+    if (lane == 0) {
+      if (key == kMissingKey) {
+        any_missing = 1;
+      } else {
+        atomicMax(&max_approx, approx);
+      }
+      keys[j] = key;
+      out_keys[q * kc + j] = key;
+      out_vals[q * kc + j] = key == kMissingKey ? -1 : row;
+    }
+  }
+  __syncthreads();
+  if (any_missing) {  // every live row is a candidate
+    if (threadIdx.x == 0) ok[q] = 1;
+    return;
+  }
+  FindKth(keys, kc, k, st);
+  if (threadIdx.x == 0) {
+    const float kth = KeyValue(st.kth);
+    const float q_norm = sqrtf(q_sq);
+    const float x_norm = sqrtf(*max_sq_norm);
+    const float approx = KeyValue(max_approx);
+    // float32 rounding of the approximate key itself, on top of the TF32 error.
+    const float rounding = 4.0f * 5.96e-8f * (*max_sq_norm + 2.0f * x_norm * q_norm + q_sq);
+    const float bound = approx + q_sq - 2.0f * eps * x_norm * q_norm - rounding;
+    ok[q] = kth < bound ? 1 : 0;
+  }
+}
+
 __global__ void DistancesToKeysKernel(const float* dist, int64_t n, bool inner_product,
                                       uint32_t* keys) {
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
@@ -557,7 +768,7 @@ size_t PairBytes(int64_t capacity) { return 12 * static_cast<size_t>(capacity); 
 // would pass the default 48 KB.
 template <typename Kernel>
 cudaError_t AllowSmem(Kernel kernel, size_t bytes) {
-  if (bytes + sizeof(SelectState) <= 48 * 1024) return cudaSuccess;
+  if (bytes + 4096 <= 48 * 1024) return cudaSuccess;  // 4096: room for static shared memory
   return cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                               static_cast<int>(bytes));
 }
@@ -570,12 +781,16 @@ cudaError_t LaunchSmallBatchDots(const T* x, int dim, int64_t row0, int64_t rows
   cudaGetDevice(&device);
   cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
   const int64_t warps_needed = (rows + 3) / 4;
-  const int grid = static_cast<int>(
-      MinI64((warps_needed + 7) / 8, static_cast<int64_t>(sms) * 8));
   auto go = [&](auto kernel, int width) {
     const size_t smem = sizeof(float) * width * dim;
     cudaError_t e = AllowSmem(kernel, smem);
     if (e != cudaSuccess) return e;
+    // Exactly the blocks that fit at once: one wave, no tail of half-empty SMs.
+    int per_sm = 1;
+    e = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kThreads, smem);
+    if (e != cudaSuccess) return e;
+    const int grid = static_cast<int>(MinI64((warps_needed + kThreads / 32 - 1) / (kThreads / 32),
+                                             static_cast<int64_t>(sms) * std::max(per_sm, 1)));
     kernel<<<grid, kThreads, smem, stream>>>(x, dim, row0, rows, queries, nq, dots, ld);
     return cudaGetLastError();
   };
@@ -603,13 +818,13 @@ cudaError_t SelectFromTile(const float* tile, int64_t nq, int64_t rows, int64_t 
                            const float* bias, int64_t row0, float scale, int k,
                            uint32_t* out_keys, int64_t* out_vals, int64_t out_stride,
                            int64_t out_offset, cudaStream_t stream) {
-  const int seg = SegmentLength(k);
-  const size_t smem = PairBytes(seg);
+  const size_t smem = PairBytes(kTileCandidates);
   cudaError_t e = AllowSmem(SelectFromTileKernel, smem);
   if (e != cudaSuccess) return e;
-  const dim3 grid(static_cast<unsigned>((rows + seg - 1) / seg), static_cast<unsigned>(nq));
+  const dim3 grid(static_cast<unsigned>((rows + kTileSegment - 1) / kTileSegment),
+                  static_cast<unsigned>(nq));
   SelectFromTileKernel<<<grid, kThreads, smem, stream>>>(tile, rows, ld, bias, row0, scale, k,
-                                                         seg, out_keys, out_vals, out_stride,
+                                                         out_keys, out_vals, out_stride,
                                                          out_offset);
   return cudaGetLastError();
 }
@@ -629,7 +844,7 @@ cudaError_t SelectRound(const uint32_t* keys, const int64_t* vals, int64_t nq, i
 }
 
 cudaError_t Finalize(const uint32_t* keys, const int64_t* vals, int64_t nq, int64_t len,
-                     int64_t stride, int k, bool inner_product, const float* q_sq_norms,
+                     int64_t stride, int k, bool inner_product, const float* queries, int dim,
                      const int64_t* id_map, float* out_dist, int64_t* out_ids,
                      cudaStream_t stream) {
   const int seg = SegmentLength(k);
@@ -638,8 +853,28 @@ cudaError_t Finalize(const uint32_t* keys, const int64_t* vals, int64_t nq, int6
   cudaError_t e = AllowSmem(FinalizeKernel, smem);
   if (e != cudaSuccess) return e;
   FinalizeKernel<<<static_cast<unsigned>(nq), kThreads, smem, stream>>>(
-      keys, vals, len, stride, k, seg, width, inner_product, q_sq_norms, id_map, out_dist,
+      keys, vals, len, stride, k, seg, width, inner_product, queries, dim, id_map, out_dist,
       out_ids);
+  return cudaGetLastError();
+}
+
+cudaError_t MaxFinite(const float* x, int64_t n, float* out, cudaStream_t stream) {
+  cudaError_t e = cudaMemsetAsync(out, 0, sizeof(float), stream);
+  if (e != cudaSuccess || n == 0) return e;
+  MaxFiniteKernel<<<GridFor(n, kThreads * 8), kThreads, 0, stream>>>(x, n, out);
+  return cudaGetLastError();
+}
+
+cudaError_t RerankL2(const float* x, int dim, const float* queries, int64_t nq,
+                     const uint32_t* approx_keys, const int64_t* rows, int kc, int k, float eps,
+                     const float* max_sq_norm, uint32_t* out_keys, int64_t* out_vals, uint8_t* ok,
+                     cudaStream_t stream) {
+  if (nq == 0) return cudaSuccess;
+  const size_t smem = sizeof(float) * dim + sizeof(uint32_t) * kc;
+  cudaError_t e = AllowSmem(RerankL2Kernel, smem);
+  if (e != cudaSuccess) return e;
+  RerankL2Kernel<<<static_cast<unsigned>(nq), kThreads, smem, stream>>>(
+      x, dim, queries, approx_keys, rows, kc, k, eps, max_sq_norm, out_keys, out_vals, ok);
   return cudaGetLastError();
 }
 

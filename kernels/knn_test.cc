@@ -126,13 +126,19 @@ class KnnTest : public ::testing::Test {
     size_t budget = 0;  // 0: the default context
   };
 
-  void RunFlat(const FlatCase& c) {
+  // Returns how many queries the TF32 path searched again in float32.
+  int64_t RunFlat(const FlatCase& c, double base_noise = -1) {
     const uint64_t seed = FreshSeed();
     SCOPED_TRACE(absl::StrCat("n=", c.n, " dim=", c.dim, " nq=", c.nq, " k=", c.k,
                               " metric=", static_cast<int>(c.metric),
                               " f16=", c.storage == Storage::kFloat16, " seed=", seed));
     std::mt19937_64 rng(seed);
     std::vector<float> base = RandomVectors(c.n, c.dim, rng);
+    if (base_noise >= 0 && c.n > 0) {  // every row near row 0: distances nearly tie
+      for (int64_t i = 1; i < c.n; ++i) {
+        for (int j = 0; j < c.dim; ++j) base[i * c.dim + j] = base[j] + base_noise * base[i * c.dim + j];
+      }
+    }
     std::vector<float> queries = RandomVectors(c.nq, c.dim, rng);
     const bool cosine = c.metric == index::Metric::kCosine;
     if (cosine) {
@@ -184,7 +190,7 @@ class KnnTest : public ::testing::Test {
     DeviceBuffer<uint8_t> d_deleted;
     d_deleted.Upload(deleted);
     DeviceBuffer<float> d_bias(c.n);
-    ASSERT_TRUE(RowBias(*ctx, vectors, c.storage, c.n, c.dim, metric, d_deleted.get(),
+    EXPECT_TRUE(RowBias(*ctx, vectors, c.storage, c.n, c.dim, metric, d_deleted.get(),
                         d_bias.get())
                     .ok());
     DeviceBuffer<float> d_queries;
@@ -193,17 +199,20 @@ class KnnTest : public ::testing::Test {
     DeviceBuffer<int64_t> d_out(c.nq * c.k);
     Poison(d_dist, d_out, c.nq * c.k);
     FlatData db{vectors, c.storage, d_bias.get(), d_ids.get(), c.n, c.dim};
+    int64_t fallbacks = 0;
     absl::Status s = FlatSearch(*ctx, db, d_queries.get(), c.nq, c.k, metric, d_dist.get(),
-                                d_out.get());
-    ASSERT_TRUE(s.ok()) << s;
-    ASSERT_TRUE(ctx->Synchronize().ok());
+                                d_out.get(), &fallbacks);
+    EXPECT_TRUE(s.ok()) << s;
+    if (!s.ok()) return -1;
+    EXPECT_TRUE(ctx->Synchronize().ok());
     const std::vector<float> got_d = d_dist.Download();
     const std::vector<int64_t> got = d_out.Download();
-    ASSERT_TRUE(AllWritten(got_d, got));
+    EXPECT_TRUE(AllWritten(got_d, got));
     std::vector<uint64_t> got_ids(got.begin(), got.end());
     const absl::Status check = index::CheckKnnResult(ref_metric, c.k, want_d, want_ids, got_d,
                                                      got_ids, half ? 1e-2 : 1e-5);
     EXPECT_TRUE(check.ok()) << check;
+    return fallbacks;
   }
 
   std::unique_ptr<Context> ctx_;
@@ -256,6 +265,28 @@ TEST_F(KnnTest, FlatTilesUnderASmallBudget) {
   RunFlat({200003, 64, 2, 1024, index::Metric::kL2, Storage::kFloat32, 0, size_t{64} << 20});
   RunFlat({50021, 64, 600, 10, index::Metric::kInnerProduct, Storage::kFloat32, 0,
            size_t{64} << 20});
+}
+
+// Batches of 64+ under L2 take the TF32 tensor-core path with exact re-ranking.
+TEST_F(KnnTest, Tf32PathIsExact) {
+  FlatData probe{nullptr, Storage::kFloat32, nullptr, nullptr, 50021, 128};
+  ASSERT_TRUE(UsesTensorCores(probe, 200, 100, Metric::kL2));
+  int64_t fallbacks = 0;
+  for (int k : {1, 10, 100, 256}) {
+    for (int dim : {64, 100, 128}) {
+      fallbacks += RunFlat({50021, dim, 200, k, index::Metric::kL2});
+    }
+  }
+  RunFlat({30011, 128, 100, 100, index::Metric::kL2, Storage::kFloat32, 0.3});  // deletions
+  std::printf("TF32 path: %lld of %d queries searched again in float32\n",
+              static_cast<long long>(fallbacks), 4 * 3 * 200);
+}
+
+// Rows that nearly tie defeat the TF32 error bound; those queries must fall back and
+// still come out exact.
+TEST_F(KnnTest, Tf32FallsBackOnNearTies) {
+  const int64_t fallbacks = RunFlat({20011, 128, 100, 10, index::Metric::kL2}, 1e-4);
+  EXPECT_GT(fallbacks, 0);
 }
 
 TEST_F(KnnTest, MergeTopKEqualsSortedReference) {

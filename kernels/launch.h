@@ -28,6 +28,9 @@ inline int SegmentLength(int k) {
   return s < 4096 ? 4096 : s;
 }
 
+// Columns of a dot-product tile that one block of round one reduces to k.
+inline constexpr int kTileSegment = 8192;
+
 // dots[q * ld + i] = <x[row0 + i], queries[q]> for i < rows, q < nq <= 8.
 cudaError_t SmallBatchDots(const void* x, bool half, int dim, int64_t row0, int64_t rows,
                            const float* queries, int nq, float* dots, int64_t ld,
@@ -50,11 +53,12 @@ cudaError_t SelectRound(const uint32_t* keys, const int64_t* vals, int64_t nq, i
                         int64_t out_stride, int64_t* segments, cudaStream_t stream);
 
 // The last step: row q's len <= SegmentLength(k) pairs -> its k best, sorted, as
-// distances and ids. dist = key value (+ q_sq_norms[q] for L2, clamped at 0) or its
+// distances and ids. dist = key value (+ ||queries[q]||^2 when queries is set (L2; the
+// norm is computed here, dim floats per query), clamped at 0) or its
 // negation (inner product); id = id_map[val] (id_map null: val itself); a missing or
 // +inf key gives (-1, +inf / -inf).
 cudaError_t Finalize(const uint32_t* keys, const int64_t* vals, int64_t nq, int64_t len,
-                     int64_t stride, int k, bool inner_product, const float* q_sq_norms,
+                     int64_t stride, int k, bool inner_product, const float* queries, int dim,
                      const int64_t* id_map, float* out_dist, int64_t* out_ids,
                      cudaStream_t stream);
 
@@ -66,6 +70,18 @@ cudaError_t DistancesToKeys(const float* dist, int64_t n, bool inner_product, ui
 cudaError_t CopyPairs(const uint32_t* src_keys, const int64_t* src_vals, int64_t src_stride,
                       uint32_t* dst_keys, int64_t* dst_vals, int64_t dst_stride, int64_t nq,
                       int k, cudaStream_t stream);
+
+// *out = the largest finite value of x[0..n) (0 if none); values are >= 0 or +inf.
+cudaError_t MaxFinite(const float* x, int64_t n, float* out, cudaStream_t stream);
+
+// Exact float32 re-ranking of kc TF32 candidates per query (keys: approximate
+// row_bias - 2<x,q>, vals: rows): out = (OrderKey(exact squared distance), row), and
+// ok[q] = 1 when the k-th exact distance is provably below every non-candidate's
+// (see FlatSearch in knn.h), given eps and *max_sq_norm = max ||x||^2.
+cudaError_t RerankL2(const float* x, int dim, const float* queries, int64_t nq,
+                     const uint32_t* approx_keys, const int64_t* rows, int kc, int k, float eps,
+                     const float* max_sq_norm, uint32_t* out_keys, int64_t* out_vals, uint8_t* ok,
+                     cudaStream_t stream);
 
 // Fills nq x k pairs with (kMissingKey, -1).
 cudaError_t FillMissing(uint32_t* keys, int64_t* vals, int64_t nq, int64_t stride, int k,

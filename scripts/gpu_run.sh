@@ -33,23 +33,29 @@ for stage in "$@"; do
       echo "racecheck exit $?"; tail -3 "$OUT/racecheck.log" ;;
     flat1m)
       "$B/gpu_bench" --synthetic 1000000 --dim 128 --csv "$CSV" \
-        --write-base /tmp/sv/base1m.fbin --write-queries /tmp/sv/q1m.fbin 2>&1 | tail -25 ;;
+        --write-base /tmp/sv/base1m.fbin --write-queries /tmp/sv/q1m.fbin 2>&1 | tee "$OUT/$stage.log" | tail -30 ;;
     ivf1m)
       "$B/gpu_bench" --synthetic 1000000 --dim 128 --flat 0 --ivf 4096 --nprobes 8,16,32,64 \
-        --csv "$CSV" 2>&1 | tail -25 ;;
+        --csv "$CSV" 2>&1 | tee "$OUT/$stage.log" | tail -30 ;;
     flat768)
-      "$B/gpu_bench" --synthetic 1000000 --dim 768 --nq 4096 --csv "$CSV" 2>&1 | tail -20 ;;
+      "$B/gpu_bench" --synthetic 1000000 --dim 768 --nq 4096 --csv "$CSV" 2>&1 | tee "$OUT/$stage.log" | tail -30 ;;
     flat10m)
-      "$B/gpu_bench" --synthetic 10000000 --dim 128 --nq 4096 --storage f32,f16 --csv "$CSV" 2>&1 | tail -20 ;;
-    wordnet)
-      "$B/gpu_bench" --base data/wordnet/base.fvecs --queries data/wordnet/query.fvecs \
-        --groundtruth data/wordnet/groundtruth.ivecs --ivf 1024 --nprobes 2,4,8,16,32 \
-        --batches 1,16,256,1000 --csv "$CSV" 2>&1 | tail -30 ;;
+      "$B/gpu_bench" --synthetic 10000000 --dim 128 --nq 4096 --storage f32,f16 --csv "$CSV" \
+        --write-base /tmp/sv/base10m.fbin --write-queries /tmp/sv/q10m.fbin 2>&1 | tee "$OUT/$stage.log" | tail -30 ;;
+    wordnet)  # carried in .wn/: base.fvecs.xz, query.fvecs, groundtruth.ivecs
+      mkdir -p /tmp/sv/wn && cp .wn/query.fvecs .wn/groundtruth.ivecs /tmp/sv/wn/
+      python3 -c "import lzma,shutil; shutil.copyfileobj(lzma.open('.wn/base.fvecs.xz'), open('/tmp/sv/wn/base.fvecs','wb'))"
+      "$B/gpu_bench" --base /tmp/sv/wn/base.fvecs --queries /tmp/sv/wn/query.fvecs \
+        --groundtruth /tmp/sv/wn/groundtruth.ivecs --ivf 1024 --nprobes 2,4,8,16,32 \
+        --batches 1,16,256,1000 --csv "$CSV" 2>&1 | tee "$OUT/$stage.log" | tail -30 ;;
     torch)
       python3 bench/torch_peer.py --base /tmp/sv/base1m.fbin --queries /tmp/sv/q1m.fbin \
-        --csv "$CSV" --copy-bandwidth 2>&1 | tail -25 ;;
+        --metrics l2 --csv "$CSV" --copy-bandwidth 2>&1 | tee "$OUT/$stage.log" | tail -30 ;;
+    torch10m)
+      python3 bench/torch_peer.py --base /tmp/sv/base10m.fbin --queries /tmp/sv/q10m.fbin \
+        --metrics l2 --csv "$CSV" 2>&1 | tee "$OUT/$stage.log" | tail -30 ;;
     faiss)
-      "$B/faiss_gpu_bench" --synthetic 1000000 --dim 128 --csv "$CSV" 2>&1 | tail -25 ;;
+      "$B/faiss_gpu_bench" --synthetic 1000000 --dim 128 --csv "$CSV" 2>&1 | tee "$OUT/$stage.log" | tail -30 ;;
     *) echo "unknown stage $stage" ;;
   esac
 done
