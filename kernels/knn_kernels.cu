@@ -4,6 +4,9 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <map>
+#include <mutex>
+#include <utility>
 
 #include "kernels/launch.h"
 
@@ -221,6 +224,11 @@ struct PairSmem {
   uint32_t* keys;
 };
 
+__host__ __device__ constexpr size_t Align16(size_t bytes) { return (bytes + 15) & ~size_t{15}; }
+__host__ __device__ constexpr size_t PairBytes(int64_t capacity) {
+  return 12 * static_cast<size_t>(capacity);
+}
+
 __device__ PairSmem CarvePairs(unsigned char* raw, int capacity) {
   PairSmem s;
   s.vals = reinterpret_cast<int64_t*>(raw);
@@ -229,13 +237,14 @@ __device__ PairSmem CarvePairs(unsigned char* raw, int capacity) {
 }
 
 // Bitonic sort across the 32 lanes of a warp; lane i gets the i-th smallest.
-__device__ __forceinline__ uint32_t WarpSortAscending(uint32_t v) {
+template <typename T>
+__device__ __forceinline__ T WarpSortAscending(T v) {
   const int lane = threadIdx.x & 31;
 #pragma unroll
   for (int size = 2; size <= 32; size <<= 1) {
 #pragma unroll
     for (int stride = size >> 1; stride > 0; stride >>= 1) {
-      const uint32_t other = __shfl_xor_sync(kFullMask, v, stride);
+      const T other = __shfl_xor_sync(kFullMask, v, stride);
       const bool ascending = (lane & size) == 0;
       const bool lower = (lane & stride) == 0;
       v = (lower == ascending) ? min(v, other) : max(v, other);
@@ -338,6 +347,19 @@ __global__ void __launch_bounds__(kThreads, 4)
     __syncthreads();
     const int count = static_cast<int>(st.pos_less);
     __syncthreads();
+    if (count <= 32) {  // the usual case for small k: one warp sorts them
+      if (threadIdx.x < 32) {
+        const int lane = threadIdx.x;
+        uint64_t v = lane < count ? (static_cast<uint64_t>(cand_keys[lane]) << 32) | lane
+                                  : ~uint64_t{0};
+        v = WarpSortAscending(v);
+        if (lane < k) {
+          ok[lane] = lane < count ? static_cast<uint32_t>(v >> 32) : kMissingKey;
+          ov[lane] = lane < count ? cand_vals[v & 0xffffffffu] : -1;
+        }
+      }
+      return;
+    }
     if (count <= kTileCandidates) {
       SelectInto(cand_keys, cand_vals, count, k, st, ok, ov);
       return;
@@ -570,15 +592,6 @@ __device__ __forceinline__ float LaneScore<float>(const float* row, const float*
   return acc;
 }
 
-// Squared distance (or negated dot product) of one list row to the query, summed over
-// the warp; every lane gets the result.
-template <typename T>
-__device__ __forceinline__ float RowScore(const T* row, const float* qv, int dim, int lane,
-                                          bool inner_product) {
-  const float acc = WarpSum(LaneScore<T>(row, qv, dim, lane, inner_product));
-  return inner_product ? -acc : acc;
-}
-
 // One block per (query, probe): the list is scanned in chunks whose scores join the
 // running k best in shared memory, which are reduced back to k when a chunk would not
 // fit.
@@ -590,9 +603,10 @@ __global__ void IvfScanKernel(const void* const* list_vectors, const int64_t* co
   extern __shared__ __align__(16) unsigned char smem[];
   __shared__ SelectState st;
   const int capacity = k + chunk;
+  // Regions start on 16-byte boundaries: int64 values, and float4 reads of the query.
   const PairSmem a = CarvePairs(smem, capacity);
-  const PairSmem b = CarvePairs(smem + 12 * static_cast<size_t>(capacity), k);
-  float* qv = reinterpret_cast<float*>(smem + 12 * static_cast<size_t>(capacity + k));
+  const PairSmem b = CarvePairs(smem + Align16(PairBytes(capacity)), k);
+  float* qv = reinterpret_cast<float*>(smem + Align16(PairBytes(capacity)) + Align16(PairBytes(k)));
   const int64_t qp = blockIdx.x;
   const int64_t q = qp / nprobe;
   uint32_t* ok = out_keys + qp * k;
@@ -616,13 +630,26 @@ __global__ void IvfScanKernel(const void* const* list_vectors, const int64_t* co
   int count = 0;
   for (int c0 = 0; c0 < size; c0 += chunk) {
     const int m = min(chunk, size - c0);
-    for (int r = warp; r < m; r += nwarps) {
-      const float score =
-          RowScore<T>(vecs + static_cast<int64_t>(c0 + r) * dim, qv, dim, lane, inner_product);
-      if (lane == 0) {
-        const int64_t id = ids[c0 + r];
-        a.keys[count + r] = id < 0 ? kMissingKey : OrderKey(score);
-        a.vals[count + r] = id;
+    // kRows rows per warp at a time, so that their loads are in flight together (one
+    // row at a time leaves each warp waiting on memory latency).
+    constexpr int kRows = 8;
+    for (int r0 = warp * kRows; r0 < m; r0 += nwarps * kRows) {
+      float acc[kRows];
+#pragma unroll
+      for (int u = 0; u < kRows; ++u) {
+        acc[u] = r0 + u < m ? LaneScore<T>(vecs + static_cast<int64_t>(c0 + r0 + u) * dim, qv,
+                                           dim, lane, inner_product)
+                            : 0.0f;
+      }
+#pragma unroll
+      for (int u = 0; u < kRows; ++u) {
+        const float sum = WarpSum(acc[u]);
+        const float score = inner_product ? -sum : sum;
+        if (lane == u && r0 + u < m) {
+          const int64_t id = ids[c0 + r0 + u];
+          a.keys[count + r0 + u] = id < 0 ? kMissingKey : OrderKey(score);
+          a.vals[count + r0 + u] = id;
+        }
       }
     }
     __syncthreads();
@@ -762,15 +789,26 @@ int GridFor(int64_t n, int per_block) {
   return static_cast<int>(blocks < 1 ? 1 : (blocks > 65536 ? 65536 : blocks));
 }
 
-size_t PairBytes(int64_t capacity) { return 12 * static_cast<size_t>(capacity); }
 
-// Raises a kernel's dynamic shared-memory limit where dynamic plus static shared memory
-// would pass the default 48 KB.
+// Raises a kernel's dynamic shared-memory limit on the current device where dynamic
+// plus static shared memory would pass the default 48 KB. The limit is per process and
+// device, so it only ever grows (under a lock): a launch needing less must not lower it
+// under another thread's launch that needs more.
 template <typename Kernel>
 cudaError_t AllowSmem(Kernel kernel, size_t bytes) {
   if (bytes + 4096 <= 48 * 1024) return cudaSuccess;  // 4096: room for static shared memory
-  return cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                              static_cast<int>(bytes));
+  static std::mutex mu;
+  static std::map<std::pair<const void*, int>, size_t> raised;
+  int device = 0;
+  cudaError_t e = cudaGetDevice(&device);
+  if (e != cudaSuccess) return e;
+  std::lock_guard<std::mutex> lock(mu);
+  size_t& limit = raised[{reinterpret_cast<const void*>(kernel), device}];
+  if (bytes <= limit) return cudaSuccess;
+  e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                           static_cast<int>(bytes));
+  if (e == cudaSuccess) limit = bytes;
+  return e;
 }
 
 template <typename T>
@@ -907,7 +945,7 @@ cudaError_t IvfScan(const void* const* list_vectors, const int64_t* const* list_
                     uint32_t* out_keys, int64_t* out_vals, cudaStream_t stream) {
   if (nq == 0) return cudaSuccess;
   const int chunk = 1024;
-  const size_t smem = PairBytes(k + chunk) + PairBytes(k) + sizeof(float) * dim;
+  const size_t smem = Align16(PairBytes(k + chunk)) + Align16(PairBytes(k)) + sizeof(float) * dim;
   const unsigned grid = static_cast<unsigned>(nq * nprobe);
   cudaError_t e;
   if (half) {
@@ -938,10 +976,6 @@ cudaError_t RowBias(const void* x, bool half, int64_t n, int dim, bool inner_pro
                                                         inner_product, deleted, out);
   }
   return cudaGetLastError();
-}
-
-cudaError_t SquaredNorms(const float* x, int64_t n, int dim, float* out, cudaStream_t stream) {
-  return RowBias(x, false, n, dim, false, nullptr, out, stream);
 }
 
 cudaError_t ToHalf(const float* in, int64_t n, void* out, cudaStream_t stream) {

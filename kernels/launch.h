@@ -99,9 +99,6 @@ cudaError_t IvfScan(const void* const* list_vectors, const int64_t* const* list_
 cudaError_t RowBias(const void* x, bool half, int64_t n, int dim, bool inner_product,
                     const uint8_t* deleted, float* out, cudaStream_t stream);
 
-// ||q_i||^2 for float rows.
-cudaError_t SquaredNorms(const float* x, int64_t n, int dim, float* out, cudaStream_t stream);
-
 cudaError_t ToHalf(const float* in, int64_t n, void* out, cudaStream_t stream);
 
 // out[i] = i for i < n.
