@@ -9,7 +9,7 @@ mkdir -p "$OUT" /tmp/sv
 export NCCL_NVLS_ENABLE=0
 python3 - <<'PY'
 import glob, lzma, os
-for f in glob.glob('.gpu/*.xz'):
+for f in glob.glob('.gpu/*.xz') + glob.glob('.gpuf/*.xz'):
     dst = '/tmp/sv/' + os.path.basename(f)[:-3]
     with lzma.open(f) as src, open(dst, 'wb') as out:
         out.write(src.read())
@@ -38,7 +38,8 @@ for stage in "$@"; do
       "$B/gpu_bench" --synthetic 1000000 --dim 128 --flat 0 --ivf 4096 --nprobes 8,16,32,64 \
         --csv "$CSV" 2>&1 | tee "$OUT/$stage.log" | tail -30 ;;
     flat768)
-      "$B/gpu_bench" --synthetic 1000000 --dim 768 --nq 4096 --csv "$CSV" 2>&1 | tee "$OUT/$stage.log" | tail -30 ;;
+      "$B/gpu_bench" --synthetic 1000000 --dim 768 --nq 4096 --csv "$CSV" \
+        --write-base /tmp/sv/base768.fbin --write-queries /tmp/sv/q768.fbin 2>&1 | tee "$OUT/$stage.log" | tail -30 ;;
     flat10m)
       "$B/gpu_bench" --synthetic 10000000 --dim 128 --nq 4096 --storage f32,f16 --csv "$CSV" \
         --write-base /tmp/sv/base10m.fbin --write-queries /tmp/sv/q10m.fbin 2>&1 | tee "$OUT/$stage.log" | tail -30 ;;
@@ -54,8 +55,54 @@ for stage in "$@"; do
     torch10m)
       python3 bench/torch_peer.py --base /tmp/sv/base10m.fbin --queries /tmp/sv/q10m.fbin \
         --metrics l2 --csv "$CSV" 2>&1 | tee "$OUT/$stage.log" | tail -30 ;;
-    faiss)
-      "$B/faiss_gpu_bench" --synthetic 1000000 --dim 128 --csv "$CSV" 2>&1 | tee "$OUT/$stage.log" | tail -30 ;;
+    faiss)  # carried in .gpuf/
+      "$B/faiss_gpu_bench" --synthetic 1000000 --dim 128 --dataset synth1M --metrics l2 \
+        --nlist 4096 --nprobes 8,16,32,64 --csv "$OUT/faiss.csv" 2>&1 | tee "$OUT/$stage.log" | tail -40 ;;
+    torch768)
+      python3 bench/torch_peer.py --base /tmp/sv/base768.fbin --queries /tmp/sv/q768.fbin \
+        --metrics l2 --csv "$CSV" 2>&1 | tee "$OUT/$stage.log" | tail -20 ;;
+    faiss768)
+      "$B/faiss_gpu_bench" --synthetic 1000000 --dim 768 --synthetic-queries 4096 --dataset synth1M \
+        --metrics l2 --indexes flat --csv "$OUT/faiss768.csv" 2>&1 | tee "$OUT/$stage.log" | tail -20 ;;
+    faiss10m)
+      "$B/faiss_gpu_bench" --synthetic 10000000 --dim 128 --synthetic-queries 4096 --dataset synth10M \
+        --metrics l2 --indexes flat --csv "$OUT/faiss10m.csv" 2>&1 | tee "$OUT/$stage.log" | tail -20 ;;
+    faisswordnet)  # .wn16/: the real set's rows in float16 (to fit beside the peer), exact truth recomputed
+      mkdir -p /tmp/sv/wn16
+      python3 -c "
+import lzma, struct, numpy as np
+raw = np.frombuffer(lzma.open('.wn16/base.f16.xz').read(), dtype=np.float16).reshape(-1, 128).astype(np.float32)
+rows = np.hstack([np.full((raw.shape[0], 1), 128, dtype=np.int32).view(np.float32), raw])
+rows.tofile('/tmp/sv/wn16/base.fvecs')"
+      cp .wn16/query.fvecs /tmp/sv/wn16/
+      "$B/faiss_gpu_bench" --base /tmp/sv/wn16/base.fvecs --queries /tmp/sv/wn16/query.fvecs --dataset wordnet16 \
+        --metrics l2 --nlist 1024 --nprobes 2,4,8,16,32 --batches 1,16,256,1000 --csv "$OUT/faisswn.csv" 2>&1 \
+        | tee "$OUT/$stage.log" | tail -40
+      "$B/gpu_bench" --base /tmp/sv/wn16/base.fvecs --queries /tmp/sv/wn16/query.fvecs --ivf 1024 \
+        --nprobes 2,4,8,16,32 --batches 1,16,256,1000 --storage f32 --csv "$CSV" 2>&1 | tee "$OUT/wn16.log" | tail -40 ;;
+    e2e)  # a router and one shard with device=gpu on 127.0.0.1, timed by `shardvec bench`
+      "$B/gpu_bench" --synthetic 1000000 --dim 128 --flat 0 --write-base /tmp/sv/e2e_base.fbin \
+        --write-queries /tmp/sv/e2e_q.fbin --write-truth /tmp/sv/e2e_gt.ivecs > "$OUT/e2e_prep.log" 2>&1
+      rm -rf /tmp/sv/cluster
+      "$B/shardvec" local up --shards 1 --port 7600 --data-dir /tmp/sv/cluster --gpus 0 > "$OUT/e2e_cluster.log" 2>&1 &
+      up=$!
+      S="$B/shardvec --router 127.0.0.1:7600"
+      for i in $(seq 1 100); do $S status > /dev/null 2>&1 && break; sleep 0.2; done
+      for dev in gpu; do
+        $S collection create e2e_$dev --dim 128 --metric l2 --index Flat --device $dev
+        $S ingest e2e_$dev /tmp/sv/e2e_base.fbin 2>&1 | tail -1
+        for b in 1 16 256; do
+          for c in 1 4; do
+            echo "--- $dev batch $b concurrency $c"
+            $S bench e2e_$dev --queries /tmp/sv/e2e_q.fbin --groundtruth /tmp/sv/e2e_gt.ivecs \
+              --k 10 --batch $b --concurrency $c --seconds 3 2>&1 | tail -6
+          done
+        done
+      done 2>&1 | tee "$OUT/e2e.log"
+      kill -TERM $up; wait $up ;;
+    gpuindex)
+      "$B/gpu_index_test" 2>&1 | tee "$OUT/gpu_index_test.log" | grep -E "OK \]|FAILED  \]|Failure" | head -30
+      "$B/gpu_merge_test" 2>&1 | tee "$OUT/gpu_merge_test.log" | grep -E "OK \]|FAILED  \]|Failure" | head -30 ;;
     *) echo "unknown stage $stage" ;;
   esac
 done

@@ -4,9 +4,19 @@
 # that has the CUDA driver and libraries but no build tools: scripts/gpu_run.sh there
 # unpacks and runs them.
 #   scripts/pack_gpu.sh [extra bazel targets...]
+#   scripts/pack_gpu.sh --faiss   the FAISS GPU peer alone, into .gpuf/ (about 33 MB packed;
+#                                  needs scripts/build_faiss_gpu.sh once)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-targets=(//kernels:knn_test //bench:gpu_bench "$@")
+if [[ "${1:-}" == "--faiss" ]]; then
+  bazel build -c opt --config=portable --config=faiss_gpu //bench:faiss_gpu_bench
+  mkdir -p .gpuf
+  strip -o .gpuf/faiss_gpu_bench bazel-out/k8-optportable/bin/bench/faiss_gpu_bench
+  xz -9 -T2 -f .gpuf/faiss_gpu_bench
+  du -sh .gpuf
+  exit 0
+fi
+targets=(//kernels:knn_test //bench:gpu_bench //index:gpu_index_test //router:gpu_merge_test //cli:shardvec "$@")
 bazel build -c opt --config=portable --config=cuda "${targets[@]}"
 out=bazel-out/k8-optportable/bin
 mkdir -p .gpu
