@@ -69,9 +69,10 @@ int LocalUp(const LocalUpOptions& o) {
   std::vector<std::string> addresses;
   for (int i = 0; i < o.shards; ++i) {
     const std::string id = absl::StrCat("shard-", i);
-    auto child = ChildProcess::Start({self, "shard", "serve", "--port", std::to_string(base + i), "--data-dir",
-                                      (std::filesystem::path(dir) / id).string()},
-                                     absl::StrCat(logs, "/", id, ".log"));
+    std::vector<std::string> args = {self, "shard", "serve", "--port", std::to_string(base + i), "--data-dir",
+                                     (std::filesystem::path(dir) / id).string()};
+    if (!o.gpus.empty()) args.insert(args.end(), {"--gpus", o.gpus});
+    auto child = ChildProcess::Start(args, absl::StrCat(logs, "/", id, ".log"));
     if (!child.ok()) return Error(std::string(child.status().message()));
     shards.push_back(*std::move(child));
     addresses.push_back(absl::StrCat("127.0.0.1:", base + i));

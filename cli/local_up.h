@@ -11,6 +11,7 @@ struct LocalUpOptions {
   int port = 7000;             // the router's; shards take the next ports
   int shard_base_port = 0;     // 0: port + 1
   std::string data_dir;        // empty: a new temporary directory
+  std::string gpus;            // each shard's --gpus; empty: the shard's default
 };
 
 // Starts the shards, then the router; prints a line containing "ready"; stops every

@@ -39,6 +39,7 @@ int main(int argc, char** argv) {
   local_up->add_option("--port", up.port, "Router port; shards use the following ports")->capture_default_str();
   local_up->add_option("--shard-base-port", up.shard_base_port, "First shard port (default: --port + 1)");
   local_up->add_option("--data-dir", up.data_dir, "Cluster data directory (default: a new temporary one)");
+  local_up->add_option("--gpus", up.gpus, "Every shard's --gpus (default: every visible GPU)");
 
   // shard serve / router serve
   shardvec::shard::ShardServerOptions shard_opts;
@@ -54,6 +55,12 @@ int main(int argc, char** argv) {
   shard_serve->add_option("--snapshot-interval", shard_opts.snapshot_interval_s,
                           "... or this many seconds after its last snapshot, if it has writes")
       ->capture_default_str();
+  shard_serve
+      ->add_option("--gpus", shard_opts.gpus,
+                   "CUDA devices for device-gpu collections, e.g. 0,1 (one index partition each; "
+                   "default: every visible GPU)")
+      ->delimiter(',')
+      ->check(CLI::NonNegativeNumber);
 
   std::string shard_address;
   CLI::App* shard_add = shard->add_subcommand("add", "Add a running shard server; slots move to it online");
@@ -69,6 +76,11 @@ int main(int argc, char** argv) {
   router_serve->add_option("--port", router_opts.port, "Listen port (0: any free port)")->capture_default_str();
   router_serve->add_option("--data-dir", router_opts.data_dir, "Where the cluster map is kept");
   router_serve->add_option("--shards", router_opts.shards, "Shard addresses for a new cluster")->delimiter(',');
+  router_serve
+      ->add_option("--gpu-merge-min-batch", router_opts.gpu_merge_min_batch,
+                   "Merge the shards' results on the GPU for searches of at least this many queries (0: never)")
+      ->capture_default_str()
+      ->check(CLI::NonNegativeNumber);
 
   // collection
   shardvec::cli::CreateOptions create;

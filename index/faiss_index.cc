@@ -24,16 +24,23 @@
 #include "faiss/index_factory.h"
 #include "faiss/index_io.h"
 #include "index/faiss_store.h"
+#include "index/input_checks.h"
 
 namespace shardvec::index {
 namespace {
+
+using internal::CheckArrays;
+using internal::CheckFinite;
+using internal::CheckIds;
+using internal::CheckSpec;
+using internal::ForMetric;
+using internal::NormalizeRows;
 
 using internal::CatchFaiss;
 using internal::FaissStore;
 using internal::NativeIdStore;
 using internal::TombstoneStore;
 
-constexpr int kMaxDim = 65536;
 // FAISS's k-means warns when given fewer training points per centroid than this.
 constexpr int64_t kPointsPerCentroid = 39;
 // Default for other indexes that train (PQ, SQ): enough for 256-centroid codebooks.
@@ -176,59 +183,6 @@ absl::StatusOr<int64_t> ResolveTrainThreshold(const IndexSpec& spec, const faiss
   return threshold;
 }
 
-absl::Status CheckArrays(int64_t n, std::initializer_list<const void*> arrays) {
-  if (n < 0) return absl::InvalidArgumentError(absl::StrCat("n: ", n, " is negative"));
-  if (n == 0) return absl::OkStatus();
-  for (const void* array : arrays) {
-    if (array == nullptr) {
-      return absl::InvalidArgumentError(absl::StrCat("n: ", n, " with a null array"));
-    }
-  }
-  return absl::OkStatus();
-}
-
-// NaN or inf would poison distances (and k-means) without any error from FAISS.
-absl::Status CheckFinite(absl::string_view what, int64_t n, int dim, const float* x) {
-  for (int64_t i = 0; i < n * dim; ++i) {
-    if (!std::isfinite(x[i])) {
-      return absl::InvalidArgumentError(
-          absl::StrCat(what, ": vector ", i / dim, " has a non-finite component"));
-    }
-  }
-  return absl::OkStatus();
-}
-
-absl::Status CheckIds(int64_t n, const uint64_t* ids) {
-  for (int64_t i = 0; i < n; ++i) {
-    if (ids[i] == kNoId) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("ids: ids[", i, "] is kNoId, which is reserved"));
-    }
-  }
-  return absl::OkStatus();
-}
-
-// Scales rows to unit length (norm in double for accuracy); zero rows stay zero.
-void NormalizeRows(int dim, int64_t n, float* x) {
-  for (int64_t i = 0; i < n; ++i) {
-    float* row = x + i * dim;
-    double norm2 = 0;
-    for (int j = 0; j < dim; ++j) norm2 += static_cast<double>(row[j]) * row[j];
-    if (norm2 == 0) continue;
-    const double scale = 1 / std::sqrt(norm2);
-    for (int j = 0; j < dim; ++j) row[j] = static_cast<float>(row[j] * scale);
-  }
-}
-
-// x itself, or for kCosine a normalised copy held in *buffer.
-const float* ForMetric(Metric metric, int dim, int64_t n, const float* x,
-                       std::vector<float>* buffer) {
-  if (metric != Metric::kCosine) return x;
-  buffer->assign(x, x + n * dim);
-  NormalizeRows(dim, n, buffer->data());
-  return buffer->data();
-}
-
 // One Upsert's input with repeated ids resolved (the last occurrence wins, as if the
 // rows were applied in order) and vectors prepared for the metric. Points into the
 // caller's arrays when no copy is needed.
@@ -272,18 +226,7 @@ class UpsertBatch {
 absl::StatusOr<std::unique_ptr<FaissIndex>> FaissIndex::Create(const IndexSpec& spec_in) {
   IndexSpec spec = spec_in;
   if (spec.factory.empty()) spec.factory = "Flat";
-  if (spec.dim < 1 || spec.dim > kMaxDim) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("dim: ", spec.dim, " is outside [1, ", kMaxDim, "]"));
-  }
-  if (spec.metric != Metric::kL2 && spec.metric != Metric::kInnerProduct &&
-      spec.metric != Metric::kCosine) {
-    return absl::InvalidArgumentError("metric: unknown value");
-  }
-  if (spec.train_threshold < 0) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("train_threshold: ", spec.train_threshold, " is negative"));
-  }
+  if (absl::Status s = CheckSpec(spec); !s.ok()) return s;
   absl::StatusOr<std::unique_ptr<FaissStore>> store = MakeStore(spec);
   if (!store.ok()) return store.status();
   absl::StatusOr<int64_t> threshold = ResolveTrainThreshold(spec, (*store)->faiss_index());

@@ -6,31 +6,10 @@
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "index/faiss_index.h"
+#include "index/test_util.h"
 
 namespace shardvec::index {
 namespace {
-
-class StringSink final : public ByteSink {
- public:
-  absl::Status Write(const void* data, size_t size) override {
-    bytes.append(static_cast<const char*>(data), size);
-    return absl::OkStatus();
-  }
-  std::string bytes;
-};
-
-class StringSource final : public ByteSource {
- public:
-  explicit StringSource(std::string b) : bytes(std::move(b)) {}
-  absl::Status Read(void* data, size_t size) override {
-    if (pos + size > bytes.size()) return absl::DataLossError("premature end");
-    std::copy(bytes.data() + pos, bytes.data() + pos + size, static_cast<char*>(data));
-    pos += size;
-    return absl::OkStatus();
-  }
-  std::string bytes;
-  size_t pos = 0;
-};
 
 constexpr int kDim = 16;
 

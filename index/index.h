@@ -1,4 +1,4 @@
-// The vector index interface every backend (FAISS CPU now, GPU later) implements.
+// The vector index interface every backend (FAISS CPU, CUDA GPU) implements.
 //
 //   auto index = Index::Create({/*dim=*/128, Metric::kL2, "IVF1024,Flat"});
 //   (*index)->Upsert(n, ids, vectors);              // row-major: x[i * dim + j]
@@ -17,6 +17,7 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
@@ -24,6 +25,10 @@
 namespace shardvec::index {
 
 enum class Metric { kL2, kInnerProduct, kCosine };
+
+// Where an index keeps its vectors: FaissIndex (any factory string) or GpuIndex (Flat,
+// SQfp16, IVF<n>,Flat, IVF<n>,SQfp16 on CUDA devices).
+enum class Device { kCpu, kGpu };
 
 inline constexpr uint64_t kNoId = ~uint64_t{0};
 inline constexpr int kMaxK = 4096;
@@ -37,6 +42,10 @@ struct IndexSpec {
   // until this many are present, then train on them and move them over.
   // 0 picks a default from the spec (39 x nlist for IVF, 9984 for PQ/SQ).
   int64_t train_threshold = 0;
+  Device device = Device::kCpu;
+  // kGpu: the CUDA device ordinals to spread the vectors over, one partition each (an
+  // ordinal may repeat); empty means every visible device. Ignored for kCpu.
+  std::vector<int> gpus;
 };
 
 struct SearchParams {

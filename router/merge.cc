@@ -20,10 +20,12 @@ struct Cursor {
 
 void MergeTopK(const std::vector<const v1::QueryResult*>& lists, int k, bool larger_is_better,
                v1::QueryResult* out) {
-  // Heap order: the root is the best hit, ties by smaller id.
+  // Heap order: the root is the best hit, ties by smaller id, then by earlier list (so
+  // that which copy of a duplicate is kept does not depend on the heap's internals).
   auto worse = [larger_is_better](const Cursor& a, const Cursor& b) {
     if (a.distance != b.distance) return larger_is_better ? a.distance < b.distance : a.distance > b.distance;
-    return a.id > b.id;
+    if (a.id != b.id) return a.id > b.id;
+    return a.list > b.list;
   };
   std::priority_queue<Cursor, std::vector<Cursor>, decltype(worse)> heap(worse);
   bool with_payloads = !lists.empty();

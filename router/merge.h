@@ -11,8 +11,9 @@ namespace shardvec::router {
 
 // Writes the k best hits of `lists` to `out`, nearest first; equal distances are
 // ordered by id. An id that appears in several lists (a slot answered by two shards
-// while it moves) is kept once, at its best distance. Payloads travel with their
-// hits when every list carries them. `larger_is_better` for IP and cosine.
+// while it moves) is kept once, at its best distance (from the earliest of the lists
+// that tie). Payloads travel with their hits when every list carries them.
+// `larger_is_better` for IP and cosine. GpuMerger (gpu_merge.h) gives the same output.
 void MergeTopK(const std::vector<const v1::QueryResult*>& lists, int k, bool larger_is_better,
                v1::QueryResult* out);
 

@@ -57,6 +57,20 @@ TEST(MergeTest, DuplicateIdsKeptOnceAtBestDistance) {
   EXPECT_EQ(out.payloads(1).text(), "doc 8");
 }
 
+TEST(MergeTest, DuplicateAtEqualDistanceKeepsTheEarlierListsCopy) {
+  v1::QueryResult a = List({{3, 0.1f}, {7, 0.5f}});
+  for (int i = 0; i < a.ids_size(); ++i) a.add_payloads()->set_text("from a");
+  v1::QueryResult b = List({{7, 0.5f}}, true);
+  v1::QueryResult out;
+  MergeTopK({&b, &a}, 10, false, &out);
+  ASSERT_EQ(out.payloads_size(), 2);
+  EXPECT_EQ(out.payloads(1).text(), "doc 7");
+  v1::QueryResult reversed;
+  MergeTopK({&a, &b}, 10, false, &reversed);
+  ASSERT_EQ(reversed.payloads_size(), 2);
+  EXPECT_EQ(reversed.payloads(1).text(), "from a");
+}
+
 TEST(MergeTest, FewerThanKAndEmptyLists) {
   v1::QueryResult a = List({{1, 0.3f}});
   v1::QueryResult empty;

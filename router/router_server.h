@@ -14,6 +14,8 @@ struct RouterServerOptions {
   std::string data_dir;
   // Shard addresses for a new cluster; ignored when data_dir already holds a map.
   std::vector<std::string> shards;
+  // RouterOptions::gpu_merge_min_batch.
+  int gpu_merge_min_batch = 1024;
 };
 
 // Prints "shardvec-router ready on HOST:PORT" on stdout once serving. Returns the

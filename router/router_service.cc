@@ -10,6 +10,7 @@
 #include "common/slot.h"
 #include "common/status.h"
 #include "common/validate.h"
+#include "kernels/knn.h"
 #include "router/cluster_map.h"
 #include "router/fan_out.h"
 #include "router/ingest.h"
@@ -71,6 +72,11 @@ absl::Status ShardFailure(const ShardConn& shard, const grpc::Status& s) {
 }
 
 RouterService::RouterService(cluster::ClusterMap map, RouterOptions options) : options_(std::move(options)) {
+  if (options_.gpu_merge_min_batch > 0 && kernels::DeviceCount() > 0) {
+    gpu_merger_ = std::make_unique<GpuMerger>(GpuMergeOptions{});
+    LogInfo("searches of %d or more queries merge on GPU %s", options_.gpu_merge_min_batch,
+            kernels::DeviceDescription(0));
+  }
   absl::MutexLock admin(&admin_mu_);
   auto topo = BuildTopology(std::move(map));
   absl::MutexLock lock(&mu_);
@@ -366,13 +372,29 @@ grpc::Status RouterService::Search(grpc::ServerContext* ctx, const v1::SearchReq
   coverage->set_shards_answered(static_cast<uint32_t>(answered.size()));
   if (!first_error.ok() && (!req->allow_partial_results() || answered.empty())) return ToGrpc(first_error);
 
-  const bool larger_is_better = spec->metric() != v1::L2;
-  std::vector<const v1::QueryResult*> lists(answered.size());
-  for (int q = 0; q < req->queries_size(); ++q) {
-    for (size_t a = 0; a < answered.size(); ++a) lists[a] = &answered[a]->results(q);
-    MergeTopK(lists, req->k(), larger_is_better, resp->add_results());
-  }
+  MergeResults(answered, req->queries_size(), req->k(), spec->metric() != v1::L2, resp);
   return grpc::Status::OK;
+}
+
+void RouterService::MergeResults(const std::vector<const v1::SearchResponse*>& answered, int num_queries, int k,
+                                 bool larger_is_better, v1::SearchResponse* resp) {
+  if (gpu_merger_ != nullptr && num_queries >= options_.gpu_merge_min_batch && answered.size() > 1) {
+    std::vector<std::vector<const v1::QueryResult*>> queries(num_queries);
+    for (int q = 0; q < num_queries; ++q) {
+      queries[q].reserve(answered.size());
+      for (const v1::SearchResponse* a : answered) queries[q].push_back(&a->results(q));
+    }
+    absl::Status s = gpu_merger_->Merge(queries, k, larger_is_better, resp->mutable_results());
+    if (s.ok()) return;
+    absl::call_once(gpu_merge_error_logged_, [&] {
+      LogInfo("GPU merge failed, merging on the CPU (logged once): %s", s.ToString());
+    });
+  }
+  std::vector<const v1::QueryResult*> lists(answered.size());
+  for (int q = 0; q < num_queries; ++q) {
+    for (size_t a = 0; a < answered.size(); ++a) lists[a] = &answered[a]->results(q);
+    MergeTopK(lists, k, larger_is_better, resp->add_results());
+  }
 }
 
 grpc::Status RouterService::Ingest(grpc::ServerContext* ctx, grpc::ServerReader<v1::IngestRequest>* reader,

@@ -9,6 +9,7 @@
 #include <string>
 #include <vector>
 
+#include "absl/base/call_once.h"
 #include "absl/container/flat_hash_map.h"
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
@@ -16,6 +17,7 @@
 #include "proto/cluster.pb.h"
 #include "proto/shard.grpc.pb.h"
 #include "proto/shardvec.grpc.pb.h"
+#include "router/gpu_merge.h"
 
 namespace shardvec::router {
 
@@ -26,6 +28,9 @@ struct RouterOptions {
   absl::Duration read_timeout = absl::Seconds(30);
   // Per-shard deadline for writes and admin calls (IVF training can be slow).
   absl::Duration write_timeout = absl::Minutes(10);
+  // Searches of at least this many queries merge the shards' lists on the GPU when
+  // the router has one (see gpu_merge.h); 0: always on the CPU.
+  int gpu_merge_min_batch = 1024;
 };
 
 struct ShardConn {
@@ -119,8 +124,15 @@ class RouterService final : public v1::ShardVec::Service {
   // Moves slots until no two shards differ by more than one.
   absl::Status BalanceSlots(MoveStats* stats) ABSL_EXCLUSIVE_LOCKS_REQUIRED(admin_mu_);
   absl::Status EnsureCollectionsOn(const ShardConn& shard) ABSL_EXCLUSIVE_LOCKS_REQUIRED(admin_mu_);
+  // Merges the answered shards' lists per query into resp's results: on the GPU for
+  // large batches, else (or when the GPU fails) with MergeTopK.
+  void MergeResults(const std::vector<const v1::SearchResponse*>& answered, int num_queries, int k,
+                    bool larger_is_better, v1::SearchResponse* resp);
 
   const RouterOptions options_;
+  // Null without a CUDA device or with gpu_merge_min_batch 0.
+  std::unique_ptr<GpuMerger> gpu_merger_;
+  absl::once_flag gpu_merge_error_logged_;
   absl::Mutex write_gate_;
   absl::Mutex admin_mu_;
   mutable absl::Mutex mu_;

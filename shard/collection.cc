@@ -18,11 +18,15 @@ namespace {
 
 constexpr int kRebuildBatch = 8192;
 
-index::IndexSpec ToIndexSpec(const v1::CollectionSpec& spec) {
+index::IndexSpec ToIndexSpec(const v1::CollectionSpec& spec, const std::vector<int>& gpus) {
   index::IndexSpec s;
   s.dim = static_cast<int>(spec.dim());
   s.metric = ToIndexMetric(spec.metric());
   s.factory = spec.index_spec();
+  if (spec.device() == v1::GPU) {
+    s.device = index::Device::kGpu;
+    s.gpus = gpus;
+  }
   return s;
 }
 
@@ -51,16 +55,14 @@ index::Metric ToIndexMetric(v1::Metric metric) {
 }
 
 absl::StatusOr<std::unique_ptr<Collection>> Collection::Create(RecordStore* store, const std::string& snapshot_dir,
-                                                               const v1::CollectionSpec& spec) {
-  if (spec.device() == v1::GPU) {
-    return absl::InvalidArgumentError("device: this shard has no GPU index backend; create the collection with device cpu");
-  }
-  // Validate the index spec before anything is stored.
-  absl::StatusOr<std::unique_ptr<index::Index>> idx = index::Index::Create(ToIndexSpec(spec));
+                                                               const v1::CollectionSpec& spec,
+                                                               const std::vector<int>& gpus) {
+  // Validate the index spec (and for GPU, the devices) before anything is stored.
+  absl::StatusOr<std::unique_ptr<index::Index>> idx = index::Index::Create(ToIndexSpec(spec, gpus));
   if (!idx.ok()) return idx.status();
   absl::StatusOr<store::StoredCollection> meta = store->AddCollection(spec);
   if (!meta.ok()) return meta.status();
-  std::unique_ptr<Collection> c(new Collection(store, *meta, SnapshotPath(snapshot_dir, meta->cid())));
+  std::unique_ptr<Collection> c(new Collection(store, *meta, SnapshotPath(snapshot_dir, meta->cid()), gpus));
   absl::MutexLock lock(&c->mu_);
   c->index_ = *std::move(idx);
   return c;
@@ -68,12 +70,18 @@ absl::StatusOr<std::unique_ptr<Collection>> Collection::Create(RecordStore* stor
 
 absl::StatusOr<std::unique_ptr<Collection>> Collection::Recover(RecordStore* store, const std::string& snapshot_dir,
                                                                 const store::StoredCollection& meta,
-                                                                RecoveryStats* stats) {
+                                                                const std::vector<int>& gpus, RecoveryStats* stats) {
   const absl::Time start = absl::Now();
-  std::unique_ptr<Collection> c(new Collection(store, meta, SnapshotPath(snapshot_dir, meta.cid())));
+  std::unique_ptr<Collection> c(new Collection(store, meta, SnapshotPath(snapshot_dir, meta.cid()), gpus));
+  if (meta.spec().device() == v1::GPU) {
+    // A GPU collection on a machine without its devices fails here, before its
+    // snapshot could be mistaken for a damaged one and deleted.
+    absl::StatusOr<std::unique_ptr<index::Index>> probe = index::Index::Create(c->MakeIndexSpec());
+    if (!probe.ok()) return probe.status();
+  }
   absl::StatusOr<uint64_t> last = store->LastOp(meta.cid());
   if (!last.ok()) return last.status();
-  absl::StatusOr<shard::Snapshot> snap = ReadSnapshot(c->snapshot_path_, meta.cid(), ToIndexSpec(meta.spec()));
+  absl::StatusOr<shard::Snapshot> snap = ReadSnapshot(c->snapshot_path_, meta.cid(), c->MakeIndexSpec());
   if (snap.ok() && snap->header.op() > *last) {
     snap = absl::DataLossError(absl::StrCat("snapshot at op ", snap->header.op(), " is newer than the store (op ",
                                             *last, ")"));
@@ -105,8 +113,10 @@ absl::StatusOr<std::unique_ptr<Collection>> Collection::Recover(RecordStore* sto
   return c;
 }
 
+index::IndexSpec Collection::MakeIndexSpec() const { return ToIndexSpec(spec(), gpus_); }
+
 absl::Status Collection::Rebuild(RecoveryStats* stats) {
-  absl::StatusOr<std::unique_ptr<index::Index>> idx = index::Index::Create(ToIndexSpec(spec()));
+  absl::StatusOr<std::unique_ptr<index::Index>> idx = index::Index::Create(MakeIndexSpec());
   if (!idx.ok()) return idx.status();
   if (!meta_.trained_template().empty()) {
     if (absl::Status s = (*idx)->InstallTrained(meta_.trained_template()); !s.ok()) return s;

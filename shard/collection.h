@@ -34,13 +34,16 @@ struct RecoveryStats {
 class Collection {
  public:
   // A new, empty collection; `spec` must be normalised (NormalizeCollectionSpec).
+  // A device GPU spec gets an index on `gpus` (empty: every visible device), or
+  // FAILED_PRECONDITION naming device, with nothing stored, where those are missing.
   static absl::StatusOr<std::unique_ptr<Collection>> Create(RecordStore* store, const std::string& snapshot_dir,
-                                                            const v1::CollectionSpec& spec);
+                                                            const v1::CollectionSpec& spec,
+                                                            const std::vector<int>& gpus);
   // An existing collection: its index from the snapshot plus the writes after it,
   // or, without a usable snapshot, rebuilt from every stored record.
   static absl::StatusOr<std::unique_ptr<Collection>> Recover(RecordStore* store, const std::string& snapshot_dir,
                                                              const store::StoredCollection& meta,
-                                                             RecoveryStats* stats);
+                                                             const std::vector<int>& gpus, RecoveryStats* stats);
 
   const v1::CollectionSpec& spec() const { return meta_.spec(); }
 
@@ -83,8 +86,9 @@ class Collection {
   static constexpr absl::Duration kPinLifetime = absl::Minutes(10);
 
  private:
-  Collection(RecordStore* store, store::StoredCollection meta, std::string snapshot_path)
-      : store_(store), meta_(std::move(meta)), snapshot_path_(std::move(snapshot_path)) {}
+  Collection(RecordStore* store, store::StoredCollection meta, std::string snapshot_path, std::vector<int> gpus)
+      : store_(store), meta_(std::move(meta)), snapshot_path_(std::move(snapshot_path)), gpus_(std::move(gpus)) {}
+  index::IndexSpec MakeIndexSpec() const;
   absl::Status Rebuild(RecoveryStats* stats);
   absl::Status Replay(uint64_t after, RecoveryStats* stats);
   // Applies the current stored state of `ids` to the index (upsert or remove).
@@ -94,6 +98,7 @@ class Collection {
   RecordStore* const store_;
   store::StoredCollection meta_;
   const std::string snapshot_path_;
+  const std::vector<int> gpus_;  // for a GPU collection's index
 
   mutable absl::Mutex write_mu_;
   uint64_t applied_op_ ABSL_GUARDED_BY(write_mu_) = 0;

@@ -15,6 +15,7 @@ int RunShardServer(const ShardServerOptions& options) {
   service_options.data_dir = options.data_dir;
   service_options.snapshot_after_ops = options.snapshot_after_ops;
   service_options.snapshot_interval = absl::Seconds(options.snapshot_interval_s);
+  service_options.gpus = options.gpus;
   absl::StatusOr<std::unique_ptr<ShardService>> service = ShardService::Open(service_options);
   if (!service.ok()) {
     std::fprintf(stderr, "error: %s\n", service.status().ToString().c_str());

@@ -3,6 +3,7 @@
 #define SHARDVEC_SHARD_SHARD_SERVER_H_
 
 #include <string>
+#include <vector>
 
 namespace shardvec::shard {
 
@@ -14,6 +15,8 @@ struct ShardServerOptions {
   // Snapshot policy (ShardServiceOptions).
   uint64_t snapshot_after_ops = 500;
   double snapshot_interval_s = 60;
+  // CUDA devices for collections created with device GPU (ShardServiceOptions).
+  std::vector<int> gpus;
 };
 
 // Prints "shardvec-shard ready on HOST:PORT" on stdout once serving. Returns the

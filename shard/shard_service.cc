@@ -12,6 +12,9 @@ namespace shardvec::shard {
 
 absl::StatusOr<std::unique_ptr<ShardService>> ShardService::Open(const ShardServiceOptions& options) {
   if (options.data_dir.empty()) return absl::InvalidArgumentError("--data-dir: a shard needs a data directory");
+  for (int gpu : options.gpus) {
+    if (gpu < 0) return absl::InvalidArgumentError(absl::StrCat("--gpus: ", gpu, " is not a device ordinal"));
+  }
   std::error_code ec;
   const std::filesystem::path root(options.data_dir);
   std::filesystem::create_directories(root / "snapshots", ec);
@@ -25,7 +28,7 @@ absl::StatusOr<std::unique_ptr<ShardService>> ShardService::Open(const ShardServ
   for (const store::StoredCollection& meta : *metas) {
     RecoveryStats stats;
     absl::StatusOr<std::unique_ptr<Collection>> c =
-        Collection::Recover(service->store_.get(), service->snapshot_dir_, meta, &stats);
+        Collection::Recover(service->store_.get(), service->snapshot_dir_, meta, options.gpus, &stats);
     if (!c.ok()) {
       return absl::Status(c.status().code(),
                           absl::StrCat("recovering collection ", meta.spec().name(), ": ", c.status().message()));
@@ -112,7 +115,8 @@ grpc::Status ShardService::CreateCollection(grpc::ServerContext*, const v1::Crea
     return ToGrpc(absl::AlreadyExistsError(
         absl::StrCat("name: collection '", spec.name(), "' already exists with a different spec")));
   }
-  absl::StatusOr<std::unique_ptr<Collection>> collection = Collection::Create(store_.get(), snapshot_dir_, spec);
+  absl::StatusOr<std::unique_ptr<Collection>> collection =
+      Collection::Create(store_.get(), snapshot_dir_, spec, options_.gpus);
   if (!collection.ok()) return ToGrpc(collection.status());
   absl::MutexLock lock(&mu_);
   collections_[spec.name()] = *std::move(collection);

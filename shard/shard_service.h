@@ -8,6 +8,7 @@
 #include <memory>
 #include <string>
 #include <thread>
+#include <vector>
 
 #include "absl/container/flat_hash_map.h"
 #include "absl/status/statusor.h"
@@ -26,6 +27,9 @@ struct ShardServiceOptions {
   // and this much time has passed since its last snapshot.
   uint64_t snapshot_after_ops = 500;
   absl::Duration snapshot_interval = absl::Seconds(60);
+  // CUDA device ordinals that each GPU collection spreads its vectors over (one index
+  // partition per entry; an entry may repeat); empty means every visible device.
+  std::vector<int> gpus;
 };
 
 class ShardService final : public shardrpc::Shard::Service {
