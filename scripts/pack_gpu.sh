@@ -17,7 +17,7 @@ if [[ "${1:-}" == "--faiss" ]]; then
   exit 0
 fi
 targets=(//kernels:knn_test //bench:gpu_bench //index:gpu_index_test //router:gpu_merge_test //cli:shardvec "$@")
-bazel build -c opt --config=portable --config=cuda "${targets[@]}"
+bazel build -c opt --config=portable "${targets[@]}"
 out=bazel-out/k8-optportable/bin
 mkdir -p .gpu
 rm -f .gpu/*.xz
