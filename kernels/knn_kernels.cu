@@ -1,5 +1,6 @@
 // Device code for knn.h: distance kernels, the block radix select, the bitonic sort
 // of the final k, and the IVF list scan. Launchers are declared in launch.h.
+#include <cub/device/device_radix_sort.cuh>
 #include <cuda_fp16.h>
 
 #include <algorithm>
@@ -594,12 +595,14 @@ __device__ __forceinline__ float LaneScore<float>(const float* row, const float*
 
 // One block per (query, probe): the list is scanned in chunks whose scores join the
 // running k best in shared memory, which are reduced back to k when a chunk would not
-// fit.
+// fit. Blocks take the (query, probe) pairs in `order` (sorted by list), so that blocks
+// running at the same time scan the same lists and share them in L2.
 template <typename T>
-__global__ void IvfScanKernel(const void* const* list_vectors, const int64_t* const* list_ids,
-                              const int32_t* list_sizes, int dim, const float* queries,
-                              const int64_t* lists, int nprobe, int k, int chunk,
-                              bool inner_product, uint32_t* out_keys, int64_t* out_vals) {
+__global__ void __launch_bounds__(kThreads, 5)
+    IvfScanKernel(const void* const* list_vectors, const int64_t* const* list_ids,
+                  const int32_t* list_sizes, int dim, const float* queries, const int64_t* lists,
+                  const int64_t* order, int nprobe, int k, int chunk, bool inner_product,
+                  uint32_t* out_keys, int64_t* out_vals) {
   extern __shared__ __align__(16) unsigned char smem[];
   __shared__ SelectState st;
   const int capacity = k + chunk;
@@ -607,7 +610,7 @@ __global__ void IvfScanKernel(const void* const* list_vectors, const int64_t* co
   const PairSmem a = CarvePairs(smem, capacity);
   const PairSmem b = CarvePairs(smem + Align16(PairBytes(capacity)), k);
   float* qv = reinterpret_cast<float*>(smem + Align16(PairBytes(capacity)) + Align16(PairBytes(k)));
-  const int64_t qp = blockIdx.x;
+  const int64_t qp = order != nullptr ? order[blockIdx.x] : blockIdx.x;
   const int64_t q = qp / nprobe;
   uint32_t* ok = out_keys + qp * k;
   int64_t* ov = out_vals + qp * k;
@@ -939,6 +942,9 @@ cudaError_t FillMissing(uint32_t* keys, int64_t* vals, int64_t nq, int64_t strid
   return cudaGetLastError();
 }
 
+// (query, probe) pairs from which IvfScan orders its blocks by list.
+constexpr int64_t kSortedScanPairs = 8192;
+
 cudaError_t IvfScan(const void* const* list_vectors, const int64_t* const* list_ids,
                     const int32_t* list_sizes, bool half, int dim, const float* queries,
                     int64_t nq, const int64_t* lists, int nprobe, int k, bool inner_product,
@@ -946,22 +952,55 @@ cudaError_t IvfScan(const void* const* list_vectors, const int64_t* const* list_
   if (nq == 0) return cudaSuccess;
   const int chunk = 1024;
   const size_t smem = Align16(PairBytes(k + chunk)) + Align16(PairBytes(k)) + sizeof(float) * dim;
-  const unsigned grid = static_cast<unsigned>(nq * nprobe);
-  cudaError_t e;
+  const int64_t pairs = nq * nprobe;
+  const unsigned grid = static_cast<unsigned>(pairs);
+  // Large batches take the (query, probe) pairs sorted by list number; small ones gain
+  // nothing from it and would pay for the sort.
+  int64_t *sorted_lists = nullptr, *index = nullptr, *order = nullptr;
+  void* sort_temp = nullptr;
+  size_t sort_bytes = 0;
+  cudaError_t e = cudaSuccess;
+  if (pairs >= kSortedScanPairs) {
+    e = cub::DeviceRadixSort::SortPairs(nullptr, sort_bytes, lists, sorted_lists, index, order,
+                                        pairs, 0, 32, stream);
+    if (e == cudaSuccess) e = cudaMallocAsync(&sorted_lists, sizeof(int64_t) * pairs, stream);
+    if (e == cudaSuccess) e = cudaMallocAsync(&index, sizeof(int64_t) * pairs, stream);
+    if (e == cudaSuccess) e = cudaMallocAsync(&order, sizeof(int64_t) * pairs, stream);
+    if (e == cudaSuccess) e = cudaMallocAsync(&sort_temp, sort_bytes, stream);
+    if (e == cudaSuccess) {
+      IotaKernel<<<GridFor(pairs, kThreads), kThreads, 0, stream>>>(index, pairs);
+      e = cub::DeviceRadixSort::SortPairs(sort_temp, sort_bytes, lists, sorted_lists, index,
+                                          order, pairs, 0, 32, stream);
+    }
+  }
+  if (e != cudaSuccess) {  // cudaFreeAsync(nullptr) is a no-op
+    cudaFreeAsync(sorted_lists, stream);
+    cudaFreeAsync(index, stream);
+    cudaFreeAsync(order, stream);
+    cudaFreeAsync(sort_temp, stream);
+    return e;
+  }
   if (half) {
     e = AllowSmem(IvfScanKernel<__half>, smem);
     if (e != cudaSuccess) return e;
     IvfScanKernel<__half><<<grid, kThreads, smem, stream>>>(list_vectors, list_ids, list_sizes,
-                                                            dim, queries, lists, nprobe, k, chunk,
-                                                            inner_product, out_keys, out_vals);
+                                                            dim, queries, lists, order, nprobe, k,
+                                                            chunk, inner_product, out_keys,
+                                                            out_vals);
   } else {
     e = AllowSmem(IvfScanKernel<float>, smem);
     if (e != cudaSuccess) return e;
     IvfScanKernel<float><<<grid, kThreads, smem, stream>>>(list_vectors, list_ids, list_sizes,
-                                                           dim, queries, lists, nprobe, k, chunk,
-                                                           inner_product, out_keys, out_vals);
+                                                           dim, queries, lists, order, nprobe, k,
+                                                           chunk, inner_product, out_keys,
+                                                           out_vals);
   }
-  return cudaGetLastError();
+  e = cudaGetLastError();
+  cudaFreeAsync(sorted_lists, stream);
+  cudaFreeAsync(index, stream);
+  cudaFreeAsync(order, stream);
+  cudaFreeAsync(sort_temp, stream);
+  return e;
 }
 
 cudaError_t RowBias(const void* x, bool half, int64_t n, int dim, bool inner_product,
