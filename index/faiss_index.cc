@@ -280,6 +280,8 @@ absl::Status FaissIndex::Remove(int64_t n, const uint64_t* ids, int64_t* removed
   return absl::OkStatus();
 }
 
+const faiss::Index& FaissIndex::active_faiss_index() const { return active().faiss_index(); }
+
 absl::Status FaissIndex::Search(int64_t n, const float* queries, int k, const SearchParams& params,
                                 float* distances, uint64_t* labels) const {
   if (k < 1 || k > kMaxK) {

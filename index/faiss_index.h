@@ -20,6 +20,10 @@
 #include "absl/status/statusor.h"
 #include "index/index.h"
 
+namespace faiss {
+struct Index;
+}  // namespace faiss
+
 namespace shardvec::index {
 
 namespace internal {
@@ -57,6 +61,10 @@ class FaissIndex final : public Index {
 
   // Removed or replaced entries not yet compacted away (HNSW only; 0 otherwise).
   int64_t tombstones() const;
+
+  // The FAISS index searches go to now (the staging index until trained). Valid until
+  // the next mutation; FaissGpuIndex copies it to the GPU.
+  const faiss::Index& active_faiss_index() const;
 
  private:
   FaissIndex(const IndexSpec& spec, std::unique_ptr<internal::FaissStore> store,

@@ -197,6 +197,16 @@ TEST(GpuIndexDeviceTest, MissingGpuIsFailedPreconditionNamingDevice) {
 }
 
 // Runs everywhere: the spec is checked before the devices.
+#ifndef SHARDVEC_FAISS_GPU
+// "faiss:" specs ask for FAISS's GPU backend, which only --config=faiss_gpu builds have.
+TEST(GpuIndexDeviceTest, FaissGpuSpecWithoutThatBuildIsInvalid) {
+  absl::Status s = Index::Create(GpuSpec(Metric::kL2, "faiss:Flat")).status();
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(s.message().find("index_spec"), std::string::npos) << s;
+  EXPECT_NE(s.message().find("faiss_gpu"), std::string::npos) << s;
+}
+#endif
+
 TEST(GpuIndexDeviceTest, SpecsTheGpuCannotRunAreInvalid) {
   for (const char* factory : {"HNSW32", "IVF16,PQ8", "PQ8", "SQ8", "IVF,Flat", "IVF0,Flat",
                               "IVF-3,Flat", "IVF16", "IVF16,Flat,Refine", "flat", "IDMap,Flat"}) {

@@ -9,7 +9,7 @@ mkdir -p "$OUT" /tmp/sv
 export NCCL_NVLS_ENABLE=0
 python3 - <<'PY'
 import glob, lzma, os
-for f in glob.glob('.gpu/*.xz') + glob.glob('.gpuf/*.xz'):
+for f in glob.glob('.gpu/*.xz') + glob.glob('.gpuf/*.xz') + glob.glob('.gpuft/*.xz'):
     dst = '/tmp/sv/' + os.path.basename(f)[:-3]
     with lzma.open(f) as src, open(dst, 'wb') as out:
         out.write(src.read())
@@ -100,6 +100,8 @@ rows.tofile('/tmp/sv/wn16/base.fvecs')"
         done
       done 2>&1 | tee "$OUT/e2e.log"
       kill -TERM $up; wait $up ;;
+    faissindex)  # carried in .gpuft/
+      "$B/faiss_gpu_index_test" 2>&1 | tee "$OUT/faiss_gpu_index_test.log" | grep -E "OK \]|FAILED  \]|Failure|Expected|Which|error" | head -30 ;;
     gpuindex)
       "$B/gpu_index_test" 2>&1 | tee "$OUT/gpu_index_test.log" | grep -E "OK \]|FAILED  \]|Failure" | head -30
       "$B/gpu_merge_test" 2>&1 | tee "$OUT/gpu_merge_test.log" | grep -E "OK \]|FAILED  \]|Failure" | head -30 ;;
