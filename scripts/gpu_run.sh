@@ -67,6 +67,17 @@ for stage in "$@"; do
     faiss10m)
       "$B/faiss_gpu_bench" --synthetic 10000000 --dim 128 --synthetic-queries 4096 --dataset synth10M \
         --metrics l2 --indexes flat --csv "$OUT/faiss10m.csv" 2>&1 | tee "$OUT/$stage.log" | tail -20 ;;
+    wordnet16)  # ours alone on the .wn16/ rows (the peer's numbers come from faisswordnet)
+      mkdir -p /tmp/sv/wn16
+      python3 -c "
+import lzma, numpy as np
+raw = np.frombuffer(lzma.open('.wn16/base.f16.xz').read(), dtype=np.float16).reshape(-1, 128).astype(np.float32)
+rows = np.hstack([np.full((raw.shape[0], 1), 128, dtype=np.int32).view(np.float32), raw])
+rows.tofile('/tmp/sv/wn16/base.fvecs')"
+      cp .wn16/query.fvecs /tmp/sv/wn16/
+      "$B/gpu_bench" --base /tmp/sv/wn16/base.fvecs --queries /tmp/sv/wn16/query.fvecs --ivf 1024 --flat 0 \
+        --nprobes 2,4,8,16,32 --batches 1,16,256,1000 --ks 10 --storage f32 --csv "$CSV" 2>&1 \
+        | tee "$OUT/wn16.log" | tail -30 ;;
     faisswordnet)  # .wn16/: the real set's rows in float16 (to fit beside the peer), exact truth recomputed
       mkdir -p /tmp/sv/wn16
       python3 -c "
