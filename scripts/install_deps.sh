@@ -12,6 +12,15 @@ PACKAGES=(
   g++ python3
 )
 
+# The CUDA Toolkit is not a Debian 12 package: the GPU code builds against NVIDIA's CUDA
+# 13 at /usr/local/cuda (nvcc, cudart, cuBLAS), which the build machines carry. Say so
+# plainly instead of failing later inside Bazel.
+if [ ! -x /usr/local/cuda/bin/nvcc ]; then
+  echo "install_deps: the CUDA Toolkit (13.x) is missing at /usr/local/cuda; install it from" \
+       "NVIDIA's Debian 12 repository (cuda-toolkit-13-0) before building" >&2
+  exit 1
+fi
+
 missing=()
 for p in "${PACKAGES[@]}"; do
   if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then
