@@ -12,7 +12,7 @@
 #include "faiss/gpu/GpuCloner.h"
 #include "faiss/gpu/GpuIndexIVF.h"
 #include "faiss/gpu/StandardGpuResources.h"
-#include "faiss/impl/FaissException.h"
+#include "index/faiss_store.h"
 #include "index/input_checks.h"
 #include "kernels/knn.h"
 
@@ -22,17 +22,7 @@ namespace {
 // FAISS GPU's largest k (its block select).
 constexpr int kFaissGpuMaxK = 2048;
 
-template <typename F>
-absl::Status CatchFaiss(const char* what, F&& f) {
-  try {
-    f();
-    return absl::OkStatus();
-  } catch (const faiss::FaissException& e) {
-    return absl::InternalError(absl::StrCat(what, ": ", e.what()));
-  } catch (const std::bad_alloc&) {
-    return absl::ResourceExhaustedError(absl::StrCat(what, ": out of memory"));
-  }
-}
+using internal::CatchFaiss;
 
 }  // namespace
 
@@ -141,13 +131,8 @@ absl::Status FaissGpuIndex::Refresh() const {
 absl::Status FaissGpuIndex::Search(int64_t n, const float* queries, int k,
                                    const SearchParams& params, float* distances,
                                    uint64_t* labels) const {
-  if (k < 1 || k > kFaissGpuMaxK) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("k: ", k, " is outside [1, ", kFaissGpuMaxK, "] (FAISS GPU's limit)"));
-  }
-  if (params.nprobe < 0) return absl::InvalidArgumentError("nprobe: negative");
-  absl::Status status = internal::CheckArrays(n, {queries, distances, labels});
-  if (status.ok()) status = internal::CheckFinite("queries", n, spec_.dim, queries);
+  absl::Status status = internal::CheckSearch(n, queries, k, kFaissGpuMaxK, "FAISS GPU's limit",
+                                              params, spec_.dim, distances, labels);
   if (!status.ok() || n == 0) return status;
   std::vector<float> buffer;
   const float* prepared = internal::ForMetric(spec_.metric, spec_.dim, n, queries, &buffer);

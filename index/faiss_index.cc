@@ -37,6 +37,7 @@ using internal::ForMetric;
 using internal::NormalizeRows;
 
 using internal::CatchFaiss;
+using internal::ToFaissMetric;
 using internal::FaissStore;
 using internal::NativeIdStore;
 using internal::TombstoneStore;
@@ -45,11 +46,6 @@ using internal::TombstoneStore;
 constexpr int64_t kPointsPerCentroid = 39;
 // Default for other indexes that train (PQ, SQ): enough for 256-centroid codebooks.
 constexpr int64_t kDefaultTrainThreshold = kPointsPerCentroid * 256;
-
-faiss::MetricType ToFaissMetric(Metric metric) {
-  // kCosine is inner product on vectors normalised before they reach FAISS.
-  return metric == Metric::kL2 ? faiss::METRIC_L2 : faiss::METRIC_INNER_PRODUCT;
-}
 
 // The factory turns on polysemous training for PQ unless the string says "np". It
 // only reorders codes for Hamming-filtered search, which is never enabled here, and
@@ -284,13 +280,8 @@ const faiss::Index& FaissIndex::active_faiss_index() const { return active().fai
 
 absl::Status FaissIndex::Search(int64_t n, const float* queries, int k, const SearchParams& params,
                                 float* distances, uint64_t* labels) const {
-  if (k < 1 || k > kMaxK) {
-    return absl::InvalidArgumentError(absl::StrCat("k: ", k, " is outside [1, ", kMaxK, "]"));
-  }
-  if (params.nprobe < 0) return absl::InvalidArgumentError("nprobe: negative");
-  if (params.ef_search < 0) return absl::InvalidArgumentError("ef_search: negative");
-  absl::Status status = CheckArrays(n, {queries, distances, labels});
-  if (status.ok()) status = CheckFinite("queries", n, spec_.dim, queries);
+  const absl::Status status = internal::CheckSearch(n, queries, k, kMaxK, "", params, spec_.dim,
+                                                    distances, labels);
   if (!status.ok() || n == 0) return status;
   std::vector<float> buffer;
   const float* prepared = ForMetric(spec_.metric, spec_.dim, n, queries, &buffer);

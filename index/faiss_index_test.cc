@@ -16,6 +16,7 @@
 #include "gtest/gtest.h"
 #include "index/brute_force.h"
 #include "index/index.h"
+#include "index/test_util.h"
 
 namespace shardvec::index {
 namespace {
@@ -65,18 +66,6 @@ std::vector<float> Clustered(int64_t n, int dim, int clusters, uint32_t seed,
   return x;
 }
 
-// Distinct ids spread over the whole uint64 range (about half >= 2^63, which FAISS
-// sees as negative labels), never kNoId.
-std::vector<uint64_t> RandomIds(int64_t n, uint32_t seed) {
-  std::mt19937_64 rng(seed);
-  absl::flat_hash_set<uint64_t> seen;
-  std::vector<uint64_t> ids;
-  while (static_cast<int64_t>(ids.size()) < n) {
-    const uint64_t id = rng();
-    if (id != kNoId && seen.insert(id).second) ids.push_back(id);
-  }
-  return ids;
-}
 
 std::vector<uint64_t> Sequential(int64_t n, uint64_t first = 0) {
   std::vector<uint64_t> ids(n);

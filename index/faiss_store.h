@@ -39,6 +39,11 @@ absl::Status CatchFaiss(absl::string_view what, Fn&& fn) {
   return absl::OkStatus();
 }
 
+// kCosine is inner product on vectors normalised before they reach FAISS.
+inline faiss::MetricType ToFaissMetric(Metric metric) {
+  return metric == Metric::kL2 ? faiss::METRIC_L2 : faiss::METRIC_INNER_PRODUCT;
+}
+
 // Vectors of one faiss::Index addressed by user id. Callers pass ids that are unique
 // within a call and never kNoId, vectors already normalised for kCosine, and
 // 1 <= k <= kMaxK. Owned by FaissIndex; Search() is const and safe to call

@@ -40,6 +40,7 @@ using internal::ForMetric;
 using internal::NormalizeRows;
 
 using internal::CatchFaiss;
+using internal::ToFaissMetric;
 
 constexpr int kMaxNlist = 1 << 20;
 // FAISS's k-means warns below this many training points per centroid (as FaissIndex).
@@ -76,10 +77,6 @@ absl::Status UseDevice(const kernels::Context& ctx) {
 kernels::Metric KernelMetric(Metric metric) {
   // kCosine is inner product on vectors normalised on the host.
   return metric == Metric::kL2 ? kernels::Metric::kL2 : kernels::Metric::kInnerProduct;
-}
-
-faiss::MetricType FaissMetric(Metric metric) {
-  return metric == Metric::kL2 ? faiss::METRIC_L2 : faiss::METRIC_INNER_PRODUCT;
 }
 
 // Device memory of one device, freed on destruction. Callers synchronize the stream
@@ -235,7 +232,7 @@ absl::StatusOr<std::vector<float>> CentroidsOf(const std::string& bytes, const I
   if (!status.ok()) {
     return absl::InvalidArgumentError(absl::StrCat("trained template: ", status.message()));
   }
-  if (index->d != spec.dim || index->metric_type != FaissMetric(spec.metric) ||
+  if (index->d != spec.dim || index->metric_type != ToFaissMetric(spec.metric) ||
       !index->is_trained || index->ntotal != 0) {
     return absl::InvalidArgumentError(
         "trained template: not an empty trained index of this collection's spec");
@@ -1050,13 +1047,8 @@ absl::Status GpuIndex::Remove(int64_t n, const uint64_t* ids, int64_t* removed) 
 
 absl::Status GpuIndex::Search(int64_t n, const float* queries, int k, const SearchParams& params,
                               float* distances, uint64_t* labels) const {
-  if (k < 1 || k > kMaxK) {
-    return absl::InvalidArgumentError(absl::StrCat("k: ", k, " is outside [1, ", kMaxK, "]"));
-  }
-  if (params.nprobe < 0) return absl::InvalidArgumentError("nprobe: negative");
-  if (params.ef_search < 0) return absl::InvalidArgumentError("ef_search: negative");
-  absl::Status status = CheckArrays(n, {queries, distances, labels});
-  if (status.ok()) status = CheckFinite("queries", n, spec_.dim, queries);
+  const absl::Status status = internal::CheckSearch(n, queries, k, kMaxK, "", params, spec_.dim,
+                                                    distances, labels);
   if (!status.ok() || n == 0) return status;
   std::vector<float> buffer;
   const float* prepared = ForMetric(spec_.metric, spec_.dim, n, queries, &buffer);
@@ -1145,7 +1137,7 @@ absl::Status GpuIndex::TrainAndDrain(int64_t n, const float* x, std::string trai
     std::unique_ptr<faiss::Index> index;
     absl::Status s = CatchFaiss("train", [&] {
       index.reset(
-          faiss::index_factory(spec_.dim, spec_.factory.c_str(), FaissMetric(spec_.metric)));
+          faiss::index_factory(spec_.dim, spec_.factory.c_str(), ToFaissMetric(spec_.metric)));
       index->train(n, x);
     });
     if (!s.ok()) return s;

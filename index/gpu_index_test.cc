@@ -73,17 +73,6 @@ std::vector<float> Clustered(int64_t n, int dim, uint32_t seed) {
   return x;
 }
 
-// Distinct ids over the whole uint64 range (half of them >= 2^63), never kNoId.
-std::vector<uint64_t> RandomIds(int64_t n, uint32_t seed) {
-  std::mt19937_64 rng(seed);
-  absl::flat_hash_set<uint64_t> seen;
-  std::vector<uint64_t> ids;
-  while (static_cast<int64_t>(ids.size()) < n) {
-    const uint64_t id = rng();
-    if (id != kNoId && seen.insert(id).second) ids.push_back(id);
-  }
-  return ids;
-}
 
 std::vector<float> Normalized(std::vector<float> x, int dim) {
   for (size_t r = 0; r < x.size() / dim; ++r) {

@@ -33,6 +33,21 @@ absl::Status CheckArrays(int64_t n, std::initializer_list<const void*> arrays) {
   return absl::OkStatus();
 }
 
+absl::Status CheckSearch(int64_t n, const float* queries, int k, int max_k,
+                         absl::string_view limit, const SearchParams& params, int dim,
+                         const float* distances, const uint64_t* labels) {
+  if (k < 1 || k > max_k) {
+    return absl::InvalidArgumentError(absl::StrCat("k: ", k, " is outside [1, ", max_k, "]",
+                                                   limit.empty() ? "" : " (", limit,
+                                                   limit.empty() ? "" : ")"));
+  }
+  if (params.nprobe < 0) return absl::InvalidArgumentError("nprobe: negative");
+  if (params.ef_search < 0) return absl::InvalidArgumentError("ef_search: negative");
+  absl::Status status = CheckArrays(n, {queries, distances, labels});
+  if (status.ok()) status = CheckFinite("queries", n, dim, queries);
+  return status;
+}
+
 absl::Status CheckFinite(absl::string_view what, int64_t n, int dim, const float* x) {
   for (int64_t i = 0; i < n * dim; ++i) {
     if (!std::isfinite(x[i])) {

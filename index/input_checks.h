@@ -20,6 +20,13 @@ absl::Status CheckSpec(const IndexSpec& spec);
 // INVALID_ARGUMENT naming `n` when n is negative, or positive with a null array.
 absl::Status CheckArrays(int64_t n, std::initializer_list<const void*> arrays);
 
+// What every backend's Search checks first: k in [1, max_k] (`limit` says whose limit
+// max_k is, for the message; may be empty), non-negative params, the arrays, finite
+// queries.
+absl::Status CheckSearch(int64_t n, const float* queries, int k, int max_k,
+                         absl::string_view limit, const SearchParams& params, int dim,
+                         const float* distances, const uint64_t* labels);
+
 // NaN or inf would poison distances (and k-means) without any error from the library.
 absl::Status CheckFinite(absl::string_view what, int64_t n, int dim, const float* x);
 
