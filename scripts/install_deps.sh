@@ -8,7 +8,8 @@ PACKAGES=(
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
   libabsl-dev libfaiss-dev libopenblas-dev
   libgtest-dev libgmock-dev libbenchmark-dev
-  libcli11-dev librocksdb-dev libhdf5-dev nlohmann-json3-dev
+  libcli11-dev librocksdb-dev libhdf5-dev nlohmann-json3-dev libpcre2-dev
+  wordnet-base
   g++ python3
 )
 
