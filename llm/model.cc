@@ -1,0 +1,179 @@
+#include "llm/model.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <numeric>
+
+#include "absl/strings/str_cat.h"
+#include "llm/comm.h"
+
+namespace shardvec::llm {
+namespace {
+
+uint64_t SplitMix64(uint64_t z) {
+  z += 0x9e3779b97f4a7c15ull;
+  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+  z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+  return z ^ (z >> 31);
+}
+
+int32_t Argmax(const float* logits, int vocab) {
+  int32_t best = 0;
+  for (int i = 1; i < vocab; ++i) {
+    // Strictly greater keeps the lowest id on ties; a NaN never wins over a number.
+    if (logits[i] > logits[best] || (std::isnan(logits[best]) && !std::isnan(logits[i]))) {
+      best = i;
+    }
+  }
+  return best;
+}
+
+// The wire form of one SamplingParams (fixed layout, no padding surprises).
+struct WireSampling {
+  float temperature;
+  float top_p;
+  uint64_t seed;
+  uint64_t step;
+};
+static_assert(sizeof(WireSampling) == 24, "packed sampling params");
+
+enum : int64_t { kOpBatch = 1, kOpStop = 2 };
+// More than this many tokens or sample rows in one step means a corrupt header.
+constexpr int64_t kMaxWireCount = int64_t{1} << 28;
+
+}  // namespace
+
+float SampleUniform(uint64_t seed, uint64_t step) {
+  const uint64_t h = SplitMix64(SplitMix64(seed) ^ step);
+  return static_cast<float>(h >> 40) * (1.0f / 16777216.0f);
+}
+
+int32_t SampleToken(const float* logits, int vocab, const SamplingParams& p) {
+  if (vocab <= 0) return -1;
+  if (!(p.temperature > 0.0f)) return Argmax(logits, vocab);
+  const int32_t top = Argmax(logits, vocab);
+  const float max_logit = logits[top];
+  if (!std::isfinite(max_logit)) return top;
+  std::vector<float> prob(vocab);
+  double total = 0.0;  // in id order
+  for (int i = 0; i < vocab; ++i) {
+    const float x = (logits[i] - max_logit) / p.temperature;
+    prob[i] = std::isnan(x) ? 0.0f : std::exp(x);
+    total += prob[i];
+  }
+  const bool cut = p.top_p < 1.0f;
+  const double needed = static_cast<double>(p.top_p) * total;
+  const double u = SampleUniform(p.seed, p.step);
+  // Only a prefix of the descending order is ever needed, and for real models it is
+  // short, so the order is built by partial sorts of growing length instead of a full
+  // sort of the vocabulary.
+  std::vector<int32_t> order(vocab);
+  std::iota(order.begin(), order.end(), 0);
+  const auto before = [&](int32_t a, int32_t b) {
+    return prob[a] != prob[b] ? prob[a] > prob[b] : a < b;
+  };
+  size_t k = std::min<size_t>(vocab, 64);
+  while (true) {
+    std::partial_sort(order.begin(), order.begin() + k, order.end(), before);
+    // Without a cutoff the kept mass is `total`; with one it is the running sum at the
+    // end of the shortest prefix that reaches top_p * total.
+    double acc = 0.0;
+    size_t kept_end = cut ? 0 : static_cast<size_t>(vocab);
+    double kept_mass = total;
+    std::vector<double> cum(k);
+    for (size_t j = 0; j < k; ++j) {
+      acc += prob[order[j]];
+      cum[j] = acc;
+      if (cut && acc >= needed) {
+        kept_end = j + 1;
+        kept_mass = acc;
+        break;
+      }
+    }
+    if (cut && kept_end == 0 && k == static_cast<size_t>(vocab)) {
+      kept_end = k;  // rounding kept the sum below top_p * total: keep everything
+      kept_mass = acc;
+    }
+    if (kept_end > 0 || !cut) {
+      const double target = u * kept_mass;
+      const size_t limit = std::min(kept_end, k);
+      for (size_t j = 0; j < limit; ++j) {
+        if (cum[j] > target) return order[j];
+      }
+      if (kept_end <= k) return order[kept_end - 1];
+    }
+    if (k == static_cast<size_t>(vocab)) return order[vocab - 1];
+    k = std::min<size_t>(vocab, k * 8);
+  }
+}
+
+absl::Status BroadcastBatch(Communicator* comm, ForwardBatch* batch, bool* stop) {
+  const bool root = comm->rank() == 0;
+  int64_t header[3] = {0, 0, 0};
+  if (root) {
+    if (batch->tokens.size() != batch->positions.size() ||
+        batch->tokens.size() != batch->slots.size() ||
+        batch->sample_rows.size() != batch->sampling.size()) {
+      return absl::InvalidArgumentError("BroadcastBatch: batch arrays disagree in size");
+    }
+    header[0] = *stop ? kOpStop : kOpBatch;
+    header[1] = *stop ? 0 : static_cast<int64_t>(batch->tokens.size());
+    header[2] = *stop ? 0 : static_cast<int64_t>(batch->sample_rows.size());
+  }
+  if (absl::Status s = comm->BroadcastHost(header, sizeof(header), 0); !s.ok()) return s;
+  if (header[0] != kOpBatch && header[0] != kOpStop) {
+    return absl::InternalError(absl::StrCat("BroadcastBatch: unknown op ", header[0]));
+  }
+  if (header[1] < 0 || header[1] > kMaxWireCount || header[2] < 0 || header[2] > kMaxWireCount) {
+    return absl::InternalError("BroadcastBatch: corrupt header");
+  }
+  if (!root) *stop = header[0] == kOpStop;
+  if (header[0] == kOpStop) return absl::OkStatus();
+
+  const size_t n = static_cast<size_t>(header[1]);
+  const size_t m = static_cast<size_t>(header[2]);
+  // One payload: tokens, positions, slots, sample_rows (int32), then the sampling params.
+  const size_t ints = 3 * n + m;
+  std::vector<uint8_t> payload(ints * 4 + m * sizeof(WireSampling));
+  if (root) {
+    uint8_t* p = payload.data();
+    for (const std::vector<int32_t>* v :
+         {&batch->tokens, &batch->positions, &batch->slots, &batch->sample_rows}) {
+      if (!v->empty()) std::memcpy(p, v->data(), v->size() * 4);
+      p += v->size() * 4;
+    }
+    for (const SamplingParams& s : batch->sampling) {
+      const WireSampling w{s.temperature, s.top_p, s.seed, s.step};
+      std::memcpy(p, &w, sizeof(w));
+      p += sizeof(w);
+    }
+  }
+  if (!payload.empty()) {
+    if (absl::Status s = comm->BroadcastHost(payload.data(), payload.size(), 0); !s.ok()) {
+      return s;
+    }
+  }
+  if (!root) {
+    const uint8_t* p = payload.data();
+    const auto take = [&p](std::vector<int32_t>* v, size_t count) {
+      v->resize(count);
+      if (count > 0) std::memcpy(v->data(), p, count * 4);
+      p += count * 4;
+    };
+    take(&batch->tokens, n);
+    take(&batch->positions, n);
+    take(&batch->slots, n);
+    take(&batch->sample_rows, m);
+    batch->sampling.resize(m);
+    for (size_t i = 0; i < m; ++i) {
+      WireSampling w;
+      std::memcpy(&w, p, sizeof(w));
+      p += sizeof(w);
+      batch->sampling[i] = {w.temperature, w.top_p, w.seed, w.step};
+    }
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace shardvec::llm
