@@ -227,58 +227,7 @@ absl::StatusOr<std::unique_ptr<Model>> CpuModelImpl::Load(const std::string& dir
 }
 
 absl::Status CpuModelImpl::Validate(const ForwardBatch& b) const {
-  const size_t n = b.tokens.size();
-  if (n == 0) return absl::InvalidArgumentError("tokens is empty");
-  if (b.positions.size() != n) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("positions has ", b.positions.size(), " entries, tokens ", n));
-  }
-  if (b.slots.size() != n) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("slots has ", b.slots.size(), " entries, tokens ", n));
-  }
-  if (b.sampling.size() != b.sample_rows.size()) {
-    return absl::InvalidArgumentError(absl::StrCat("sampling has ", b.sampling.size(),
-                                                   " entries, sample_rows ", b.sample_rows.size()));
-  }
-  // Last position seen per slot in this step: positions of a slot must increase.
-  std::map<int32_t, int32_t> last;
-  for (size_t i = 0; i < n; ++i) {
-    if (b.tokens[i] < 0 || b.tokens[i] >= cfg_.vocab_size) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "tokens[", i, "] = ", b.tokens[i], " is outside the vocabulary of ", cfg_.vocab_size));
-    }
-    if (b.positions[i] < 0 || b.positions[i] >= max_seq_len_) {
-      return absl::InvalidArgumentError(absl::StrCat("positions[", i, "] = ", b.positions[i],
-                                                     " is outside [0, ", max_seq_len_, ")"));
-    }
-    if (b.slots[i] < 0 || b.slots[i] >= max_slots_) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("slots[", i, "] = ", b.slots[i], " is outside [0, ", max_slots_, ")"));
-    }
-    auto it = last.find(b.slots[i]);
-    if (it != last.end() && b.positions[i] <= it->second) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("positions[", i, "] = ", b.positions[i], " does not follow position ",
-                       it->second, " of slot ", b.slots[i], " earlier in the batch"));
-    }
-    last[b.slots[i]] = b.positions[i];
-  }
-  for (size_t i = 0; i < b.sample_rows.size(); ++i) {
-    if (b.sample_rows[i] < 0 || static_cast<size_t>(b.sample_rows[i]) >= n) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("sample_rows[", i, "] = ", b.sample_rows[i], " is not a token row"));
-    }
-    const SamplingParams& s = b.sampling[i];
-    if (!(s.temperature >= 0.0f) || !std::isfinite(s.temperature)) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("sampling[", i, "].temperature must be finite and >= 0"));
-    }
-    if (!(s.top_p > 0.0f && s.top_p <= 1.0f)) {
-      return absl::InvalidArgumentError(absl::StrCat("sampling[", i, "].top_p must be in (0, 1]"));
-    }
-  }
-  return absl::OkStatus();
+  return ValidateBatch(b, cfg_.vocab_size, max_slots_, max_seq_len_);
 }
 
 absl::Status CpuModelImpl::Forward(const ForwardBatch& batch, std::vector<int32_t>* next_tokens,

@@ -176,4 +176,59 @@ absl::Status BroadcastBatch(Communicator* comm, ForwardBatch* batch, bool* stop)
   return absl::OkStatus();
 }
 
+absl::Status ValidateBatch(const ForwardBatch& b, int vocab_size, int max_slots, int max_seq_len) {
+  const size_t n = b.tokens.size();
+  if (n == 0) return absl::InvalidArgumentError("tokens is empty");
+  if (b.positions.size() != n) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("positions has ", b.positions.size(), " entries, tokens ", n));
+  }
+  if (b.slots.size() != n) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("slots has ", b.slots.size(), " entries, tokens ", n));
+  }
+  if (b.sampling.size() != b.sample_rows.size()) {
+    return absl::InvalidArgumentError(absl::StrCat("sampling has ", b.sampling.size(),
+                                                   " entries, sample_rows ",
+                                                   b.sample_rows.size()));
+  }
+  std::vector<int32_t> last(max_slots, -1);
+  for (size_t i = 0; i < n; ++i) {
+    if (b.tokens[i] < 0 || b.tokens[i] >= vocab_size) {
+      return absl::InvalidArgumentError(absl::StrCat("tokens[", i, "] = ", b.tokens[i],
+                                                     " is outside the vocabulary of ",
+                                                     vocab_size));
+    }
+    if (b.positions[i] < 0 || b.positions[i] >= max_seq_len) {
+      return absl::InvalidArgumentError(absl::StrCat("positions[", i, "] = ", b.positions[i],
+                                                     " is outside [0, ", max_seq_len, ")"));
+    }
+    if (b.slots[i] < 0 || b.slots[i] >= max_slots) {
+      return absl::InvalidArgumentError(absl::StrCat("slots[", i, "] = ", b.slots[i],
+                                                     " is outside [0, ", max_slots, ")"));
+    }
+    if (b.positions[i] <= last[b.slots[i]]) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "positions[", i, "] = ", b.positions[i], " does not follow position ",
+          last[b.slots[i]], " of slot ", b.slots[i], " earlier in the batch"));
+    }
+    last[b.slots[i]] = b.positions[i];
+  }
+  for (size_t i = 0; i < b.sample_rows.size(); ++i) {
+    if (b.sample_rows[i] < 0 || static_cast<size_t>(b.sample_rows[i]) >= n) {
+      return absl::InvalidArgumentError(absl::StrCat("sample_rows[", i, "] = ",
+                                                     b.sample_rows[i], " is not a token row"));
+    }
+    const SamplingParams& s = b.sampling[i];
+    if (!(s.temperature >= 0.0f) || !std::isfinite(s.temperature)) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("sampling[", i, "].temperature must be finite and >= 0"));
+    }
+    if (!(s.top_p > 0.0f && s.top_p <= 1.0f)) {
+      return absl::InvalidArgumentError(absl::StrCat("sampling[", i, "].top_p must be in (0, 1]"));
+    }
+  }
+  return absl::OkStatus();
+}
+
 }  // namespace shardvec::llm

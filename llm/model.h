@@ -77,6 +77,12 @@ class Model {
   virtual absl::Status FollowerLoop() = 0;
 };
 
+// The checks every Model::Forward makes before touching its cache: sizes agree, tokens
+// in the vocabulary, slots and positions in range, a slot's positions increasing within
+// the step, sampling parameters valid. INVALID_ARGUMENT naming the field.
+absl::Status ValidateBatch(const ForwardBatch& batch, int vocab_size, int max_slots,
+                           int max_seq_len);
+
 class Communicator;
 // The step protocol between rank 0 and the followers, over comm->BroadcastHost: a fixed
 // header (int64 op, token count, sample count), then one payload with the arrays. On

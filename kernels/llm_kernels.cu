@@ -1,0 +1,1122 @@
+// Device code for llm_kernels.h. Arithmetic is float32 throughout; elements (bf16 or f32)
+// are only the storage of weights, GEMM inputs and the KV cache.
+#include <cuda_bf16.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cstdint>
+#include <type_traits>
+#include <utility>
+
+#include "kernels/llm_kernels.h"
+
+namespace shardvec::kernels::llm {
+namespace {
+
+constexpr unsigned kFullMask = 0xffffffffu;
+std::atomic<bool> g_programmatic_launch{false};
+
+// Programmatic dependent launch: a kernel lets its successor launch at once
+// (AllowNext) and waits for its predecessor's completion and memory (WaitPrior) before
+// it touches activations. Without the launch attribute both are no-ops.
+__device__ __forceinline__ void WaitPrior() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void AllowNext() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+
+template <typename... KArgs, typename... Args>
+cudaError_t Launch(void (*kernel)(KArgs...), dim3 grid, dim3 block, size_t smem,
+                   cudaStream_t stream, Args&&... args) {
+  cudaLaunchConfig_t cfg = {};
+  cfg.gridDim = grid;
+  cfg.blockDim = block;
+  cfg.dynamicSmemBytes = smem;
+  cfg.stream = stream;
+  cudaLaunchAttribute attr[1];
+  if (g_programmatic_launch.load(std::memory_order_relaxed)) {
+    attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    attr[0].val.programmaticStreamSerializationAllowed = 1;
+    cfg.attrs = attr;
+    cfg.numAttrs = 1;
+  }
+  return cudaLaunchKernelEx(&cfg, kernel, std::forward<Args>(args)...);
+}
+
+__device__ __forceinline__ float ToF(float v) { return v; }
+__device__ __forceinline__ float ToF(__nv_bfloat16 v) { return __bfloat162float(v); }
+template <typename T>
+__device__ __forceinline__ T FromF(float v);
+template <>
+__device__ __forceinline__ float FromF<float>(float v) {
+  return v;
+}
+template <>
+__device__ __forceinline__ __nv_bfloat16 FromF<__nv_bfloat16>(float v) {
+  return __float2bfloat16_rn(v);
+}
+
+__device__ __forceinline__ float WarpSum(float v) {
+#pragma unroll
+  for (int off = 16; off > 0; off >>= 1) v += __shfl_xor_sync(kFullMask, v, off);
+  return v;
+}
+__device__ __forceinline__ float WarpMax(float v) {
+#pragma unroll
+  for (int off = 16; off > 0; off >>= 1) v = fmaxf(v, __shfl_xor_sync(kFullMask, v, off));
+  return v;
+}
+
+// Sum over a block of blockDim.x (a multiple of 32, <= 1024) threads; all get the result.
+__device__ float BlockSum(float v, float* scratch /* 32 floats */) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  v = WarpSum(v);
+  if (lane == 0) scratch[warp] = v;
+  __syncthreads();
+  const int warps = blockDim.x >> 5;
+  float t = lane < warps ? scratch[lane] : 0.f;
+  t = WarpSum(t);
+  __syncthreads();  // scratch may be reused by the caller
+  return t;
+}
+
+__device__ __forceinline__ float Silu(float g) { return g / (1.0f + expf(-g)); }
+
+// ---------------------------------------------------------------- embedding, norm
+
+template <typename T>
+__global__ void EmbedGatherKernel(const T* __restrict__ table, const int32_t* __restrict__ tokens,
+                                  int hidden, float* __restrict__ out) {
+  AllowNext();
+  WaitPrior();
+  const int r = blockIdx.x;
+  const T* src = table + static_cast<int64_t>(tokens[r]) * hidden;
+  float* dst = out + static_cast<int64_t>(r) * hidden;
+  for (int d = threadIdx.x; d < hidden; d += blockDim.x) dst[d] = ToF(src[d]);
+}
+
+template <typename T>
+__global__ void AddRmsNormKernel(float* __restrict__ h, const float* __restrict__ delta,
+                                 const int32_t* __restrict__ row_map, int hidden,
+                                 const T* __restrict__ w, float eps, T* __restrict__ out) {
+  __shared__ float scratch[32];
+  AllowNext();
+  WaitPrior();
+  const int i = blockIdx.x;
+  const int src = row_map != nullptr ? row_map[i] : i;
+  float* hr = h + static_cast<int64_t>(src) * hidden;
+  const float* dr = delta != nullptr ? delta + static_cast<int64_t>(src) * hidden : nullptr;
+  const bool write_back = row_map == nullptr && dr != nullptr;
+  float ss = 0.f;
+  for (int d = threadIdx.x; d < hidden; d += blockDim.x) {
+    float v = hr[d];
+    if (dr != nullptr) v += dr[d];
+    if (write_back) hr[d] = v;
+    ss += v * v;
+  }
+  ss = BlockSum(ss, scratch);
+  const float r = rsqrtf(ss / static_cast<float>(hidden) + eps);
+  T* o = out + static_cast<int64_t>(i) * hidden;
+  for (int d = threadIdx.x; d < hidden; d += blockDim.x) {
+    float v = hr[d];  // this thread's own write of the first pass, when written back
+    if (dr != nullptr && !write_back) v += dr[d];
+    o[d] = FromF<T>(v * r * ToF(w[d]));
+  }
+}
+
+// ---------------------------------------------------------------- rotary + KV write
+
+template <typename T>
+__global__ void RopeKvWriteKernel(const float* __restrict__ qkv, int q_heads, int kv_heads,
+                                  int head_dim, const int32_t* __restrict__ positions,
+                                  const int32_t* __restrict__ slots,
+                                  const float* __restrict__ inv_freq, float* __restrict__ q_out,
+                                  T* __restrict__ k_cache, T* __restrict__ v_cache,
+                                  int max_seq_len) {
+  AllowNext();
+  WaitPrior();
+  const int r = blockIdx.x;
+  const int half = head_dim / 2;
+  const int width = (q_heads + 2 * kv_heads) * head_dim;
+  const float* row = qkv + static_cast<int64_t>(r) * width;
+  const int pos = positions[r];
+  const int64_t slot = slots[r];
+  const float fpos = static_cast<float>(pos);
+  // Rotated pairs of the query and key heads.
+  const int pairs = (q_heads + kv_heads) * half;
+  for (int idx = threadIdx.x; idx < pairs; idx += blockDim.x) {
+    const int head = idx / half, i = idx % half;
+    float s, c;
+    sincosf(fpos * inv_freq[i], &s, &c);
+    const float x1 = row[head * head_dim + 2 * i];  // rope-paired rows (QkvPairedRow)
+    const float x2 = row[head * head_dim + 2 * i + 1];
+    const float y1 = x1 * c - x2 * s;
+    const float y2 = x2 * c + x1 * s;
+    if (head < q_heads) {
+      float* qo = q_out + (static_cast<int64_t>(r) * q_heads + head) * head_dim;
+      qo[i] = y1;
+      qo[i + half] = y2;
+    } else {
+      const int kvh = head - q_heads;
+      T* kc = k_cache + ((slot * kv_heads + kvh) * max_seq_len + pos) * head_dim;
+      kc[i] = FromF<T>(y1);
+      kc[i + half] = FromF<T>(y2);
+    }
+  }
+  const float* vrow = row + (q_heads + kv_heads) * head_dim;
+  for (int idx = threadIdx.x; idx < kv_heads * head_dim; idx += blockDim.x) {
+    const int kvh = idx / head_dim, d = idx % head_dim;
+    v_cache[((slot * kv_heads + kvh) * max_seq_len + pos) * head_dim + d] = FromF<T>(vrow[idx]);
+  }
+}
+
+// ---------------------------------------------------------------- attention
+
+__device__ __forceinline__ void Unpack16(uint4 v, float* f /* [8] */, __nv_bfloat16) {
+  const uint32_t u[4] = {v.x, v.y, v.z, v.w};
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    f[2 * i] = __uint_as_float(u[i] << 16);
+    f[2 * i + 1] = __uint_as_float(u[i] & 0xffff0000u);
+  }
+}
+__device__ __forceinline__ void Unpack16(uint4 v, float* f /* [4] */, float) {
+  f[0] = __uint_as_float(v.x);
+  f[1] = __uint_as_float(v.y);
+  f[2] = __uint_as_float(v.z);
+  f[3] = __uint_as_float(v.w);
+}
+
+constexpr int kAttnWarps = 4;
+constexpr int kAttnThreads = kAttnWarps * 32;
+constexpr int kAttnPerWarp = kAttnTileVectors / kAttnWarps;  // query vectors per warp
+constexpr int kKeyChunk = 32;                                 // keys per pass, one per lane
+
+size_t AttnSmemBytes(int head_dim) {
+  return sizeof(float) * (static_cast<size_t>(kAttnTileVectors) * head_dim +
+                          static_cast<size_t>(kKeyChunk) * (head_dim + 1) +
+                          static_cast<size_t>(kKeyChunk) * head_dim);
+}
+
+// One block: one tile of rows, one kv head, one split of the keys. Each lane scores one
+// key of a 32-key chunk against a query vector (keys padded in shared memory so lanes hit
+// distinct banks), the warp does the online softmax, and each lane accumulates E output
+// dimensions (d = lane + 32 e).
+template <typename T, int E>
+__global__ void __launch_bounds__(kAttnThreads)
+    AttentionKernel(const float* __restrict__ q, const AttnTile* __restrict__ tiles,
+                    AttnShape shape, const T* __restrict__ k_cache, const T* __restrict__ v_cache,
+                    int split_len, int max_splits, float scale, float* __restrict__ partial,
+                    int32_t* __restrict__ counters, T* __restrict__ out) {
+  extern __shared__ float smem[];
+  __shared__ int ticket;
+  AllowNext();
+  WaitPrior();
+  const int D = shape.head_dim;
+  const AttnTile tile = tiles[blockIdx.x];
+  const int kvh = blockIdx.y;
+  const int split = blockIdx.z;
+  const int pos_last = tile.pos_begin + tile.n_rows - 1;
+  const int key_begin = split * split_len;
+  const int key_end = min(key_begin + split_len, pos_last + 1);
+  if (key_begin >= key_end) return;
+
+  const int group = shape.q_heads / shape.kv_heads;
+  const int nv = tile.n_rows * group;
+  float* qs = smem;                               // [kAttnTileVectors][D], scaled
+  float* ks = qs + kAttnTileVectors * D;          // [kKeyChunk][D + 1]
+  float* vs = ks + kKeyChunk * (D + 1);           // [kKeyChunk][D]
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const int qstride = shape.q_heads * D;
+  for (int idx = tid; idx < nv * D; idx += kAttnThreads) {
+    const int v = idx / D, d = idx % D;
+    const int row = tile.row_begin + v / group, head = kvh * group + v % group;
+    qs[idx] = q[static_cast<int64_t>(row) * qstride + head * D + d] * scale;
+  }
+  const int64_t cache_base =
+      (static_cast<int64_t>(tile.slot) * shape.kv_heads + kvh) * shape.max_seq_len;
+
+  float m[kAttnPerWarp], l[kAttnPerWarp], acc[kAttnPerWarp][E];
+#pragma unroll
+  for (int j = 0; j < kAttnPerWarp; ++j) {
+    m[j] = -INFINITY;
+    l[j] = 0.f;
+#pragma unroll
+    for (int e = 0; e < E; ++e) acc[j][e] = 0.f;
+  }
+
+  for (int k0 = key_begin; k0 < key_end; k0 += kKeyChunk) {
+    const int nk = min(kKeyChunk, key_end - k0);
+    __syncthreads();  // the previous chunk is no longer read (and qs is complete)
+    const T* kc = k_cache + (cache_base + k0) * D;
+    const T* vc = v_cache + (cache_base + k0) * D;
+    constexpr int EV = 16 / sizeof(T);  // elements per 16-byte load
+    if (D % EV == 0) {
+      for (int idx = tid; idx < kKeyChunk * D / EV; idx += kAttnThreads) {
+        const int e0 = idx * EV, j = e0 / D, d = e0 % D;
+        float kf[EV], vf[EV];
+        if (j < nk) {
+          Unpack16(*reinterpret_cast<const uint4*>(kc + e0), kf, T());
+          Unpack16(*reinterpret_cast<const uint4*>(vc + e0), vf, T());
+        } else {
+#pragma unroll
+          for (int e = 0; e < EV; ++e) kf[e] = vf[e] = 0.f;
+        }
+#pragma unroll
+        for (int e = 0; e < EV; ++e) {
+          ks[j * (D + 1) + d + e] = kf[e];
+          vs[e0 + e] = vf[e];
+        }
+      }
+    } else {
+      for (int idx = tid; idx < kKeyChunk * D; idx += kAttnThreads) {
+        const int j = idx / D, d = idx % D;
+        const bool in = j < nk;
+        ks[j * (D + 1) + d] = in ? ToF(kc[idx]) : 0.f;
+        vs[idx] = in ? ToF(vc[idx]) : 0.f;
+      }
+    }
+    __syncthreads();
+#pragma unroll
+    for (int j = 0; j < kAttnPerWarp; ++j) {
+      const int v = warp + j * kAttnWarps;
+      if (v >= nv) break;
+      const int pos = tile.pos_begin + v / group;
+      const int key = k0 + lane;
+      const bool valid = lane < nk && key <= pos;
+      float sc = -INFINITY;
+      if (valid) {
+        const float* qv = qs + v * D;
+        const float* kr = ks + lane * (D + 1);
+        float s0 = 0.f, s1 = 0.f;
+        int d = 0;
+        for (; d + 1 < D; d += 2) {
+          s0 = fmaf(qv[d], kr[d], s0);
+          s1 = fmaf(qv[d + 1], kr[d + 1], s1);
+        }
+        if (d < D) s0 = fmaf(qv[d], kr[d], s0);
+        sc = s0 + s1;
+      }
+      const float cmax = WarpMax(sc);
+      const float mnew = fmaxf(m[j], cmax);
+      if (mnew == -INFINITY) continue;  // nothing visible yet (uniform across the warp)
+      const float p = valid ? expf(sc - mnew) : 0.f;
+      const float corr = expf(m[j] - mnew);
+      l[j] = l[j] * corr + WarpSum(p);
+      m[j] = mnew;
+#pragma unroll
+      for (int e = 0; e < E; ++e) acc[j][e] *= corr;
+      for (int kk = 0; kk < nk; ++kk) {
+        const float pk = __shfl_sync(kFullMask, p, kk);
+        const float* vr = vs + kk * D;
+#pragma unroll
+        for (int e = 0; e < E; ++e) {
+          const int d = lane + 32 * e;
+          if (d < D) acc[j][e] = fmaf(pk, vr[d], acc[j][e]);
+        }
+      }
+    }
+  }
+
+#pragma unroll
+  for (int j = 0; j < kAttnPerWarp; ++j) {
+    const int v = warp + j * kAttnWarps;
+    if (v >= nv) break;
+    const int pos = tile.pos_begin + v / group;
+    if (pos < key_begin) continue;  // this row sees no key of this split
+    const int row = tile.row_begin + v / group, head = kvh * group + v % group;
+    if (max_splits == 1) {
+      const float inv = 1.0f / l[j];
+      T* o = out + static_cast<int64_t>(row) * qstride + head * D;
+#pragma unroll
+      for (int e = 0; e < E; ++e) {
+        const int d = lane + 32 * e;
+        if (d < D) o[d] = FromF<T>(acc[j][e] * inv);
+      }
+    } else {
+      float* po = partial +
+                  ((static_cast<int64_t>(row) * shape.q_heads + head) * max_splits + split) * (D + 2);
+#pragma unroll
+      for (int e = 0; e < E; ++e) {
+        const int d = lane + 32 * e;
+        if (d < D) po[d] = acc[j][e];
+      }
+      if (lane == 0) {
+        po[D] = m[j];
+        po[D + 1] = l[j];
+      }
+    }
+  }
+  if (max_splits == 1) return;
+
+  // The last of the tile's non-empty splits to finish combines them (threadfence
+  // reduction): partials are read from L2, where the other blocks' writes are visible.
+  __threadfence();
+  __syncthreads();
+  int32_t* counter = counters + static_cast<int64_t>(blockIdx.x) * gridDim.y + kvh;
+  if (tid == 0) ticket = atomicAdd(counter, 1);
+  __syncthreads();
+  const int active = min(max_splits, pos_last / split_len + 1);
+  if (ticket != active - 1) return;
+  __threadfence();
+#pragma unroll
+  for (int j = 0; j < kAttnPerWarp; ++j) {
+    const int v = warp + j * kAttnWarps;
+    if (v >= nv) break;
+    const int pos = tile.pos_begin + v / group;
+    const int row = tile.row_begin + v / group, head = kvh * group + v % group;
+    const int splits = min(max_splits, pos / split_len + 1);
+    const float* base =
+        partial + (static_cast<int64_t>(row) * shape.q_heads + head) * max_splits * (D + 2);
+    float mx = -INFINITY;
+    for (int sp = 0; sp < splits; ++sp) mx = fmaxf(mx, __ldcg(base + sp * (D + 2) + D));
+    float total = 0.f, o[E];
+#pragma unroll
+    for (int e = 0; e < E; ++e) o[e] = 0.f;
+    for (int sp = 0; sp < splits; ++sp) {
+      const float* ps = base + sp * (D + 2);
+      const float wgt = expf(__ldcg(ps + D) - mx);
+      total += __ldcg(ps + D + 1) * wgt;
+#pragma unroll
+      for (int e = 0; e < E; ++e) {
+        const int d = lane + 32 * e;
+        if (d < D) o[e] = fmaf(__ldcg(ps + d), wgt, o[e]);
+      }
+    }
+    const float inv = 1.0f / total;
+    T* op = out + static_cast<int64_t>(row) * qstride + head * D;
+#pragma unroll
+    for (int e = 0; e < E; ++e) {
+      const int d = lane + 32 * e;
+      if (d < D) op[d] = FromF<T>(o[e] * inv);
+    }
+  }
+  if (tid == 0) *counter = 0;  // ready for the next launch
+}
+
+// ---------------------------------------------------------------- SwiGLU, GEMV
+
+template <typename T>
+__global__ void SwiGluKernel(const float* __restrict__ gu, int64_t total, int inter,
+                             T* __restrict__ out) {
+  AllowNext();
+  WaitPrior();
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < total;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int64_t r = i / inter, j = i % inter;
+    const float g = gu[r * 2 * inter + 2 * j], u = gu[r * 2 * inter + 2 * j + 1];
+    out[i] = FromF<T>(Silu(g) * u);
+  }
+}
+
+// Weights are streamed once: no L1 allocation, so x (re-read by every warp) stays there.
+__device__ __forceinline__ uint4 LoadWeight(const uint4* p) {
+  uint4 r;
+  asm("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];"
+      : "=r"(r.x), "=r"(r.y), "=r"(r.z), "=r"(r.w)
+      : "l"(p));
+  return r;
+}
+
+__device__ __forceinline__ float Dot16(uint4 w, uint4 x, float acc, __nv_bfloat16) {
+  const uint32_t wu[4] = {w.x, w.y, w.z, w.w};
+  const uint32_t xu[4] = {x.x, x.y, x.z, x.w};
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    acc = fmaf(__uint_as_float(wu[i] << 16), __uint_as_float(xu[i] << 16), acc);
+    acc = fmaf(__uint_as_float(wu[i] & 0xffff0000u), __uint_as_float(xu[i] & 0xffff0000u), acc);
+  }
+  return acc;
+}
+__device__ __forceinline__ float Dot16(uint4 w, uint4 x, float acc, float) {
+  acc = fmaf(__uint_as_float(w.x), __uint_as_float(x.x), acc);
+  acc = fmaf(__uint_as_float(w.y), __uint_as_float(x.y), acc);
+  acc = fmaf(__uint_as_float(w.z), __uint_as_float(x.z), acc);
+  acc = fmaf(__uint_as_float(w.w), __uint_as_float(x.w), acc);
+  return acc;
+}
+
+constexpr int kGemvWarps = 8;
+constexpr int kGemvThreads = kGemvWarps * 32;
+constexpr int kGemvUnroll = 4;
+constexpr int kGemvMaxSmem = 96 * 1024;  // the fused norm's x rows
+
+// Each warp owns two consecutive weight rows at a time (a grid-stride loop over row pairs,
+// so that the grid is one even wave); a lane reads 16 bytes of each row per step,
+// kGemvUnroll steps in flight. The first weights are loaded before waiting on the
+// previous kernel, so under programmatic launch the weight stream starts while the
+// producer of x finishes. With the fused norm, each block first writes the normalised x
+// rows into shared memory. x is read through generic loads (global or shared).
+template <typename T, int M, bool kNorm>
+__global__ void __launch_bounds__(kGemvThreads) GemvKernel(const GemvParams p) {
+  // Few rows: more weight loads in flight per lane (and, under programmatic launch, a
+  // whole row pair of a 2048-wide matrix prefetched before the wait).
+  constexpr int R = 2, U = M <= 2 ? 2 * kGemvUnroll : kGemvUnroll;
+  extern __shared__ __align__(16) unsigned char gemv_smem[];
+  __shared__ float rms[kGemvMaxRows];
+  AllowNext();
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int n = p.n, k = p.k;
+  const int warps = gridDim.x * kGemvWarps;
+  const int nvec = k * static_cast<int>(sizeof(T)) / 16;
+  const T* w = static_cast<const T*>(p.w);
+
+  uint4 wv[R][U];
+  auto load = [&](int row0, int base) {
+#pragma unroll
+    for (int r = 0; r < R; ++r) {
+      const uint4* wr =
+          reinterpret_cast<const uint4*>(w + static_cast<int64_t>(min(row0 + r, n - 1)) * k);
+#pragma unroll
+      for (int u = 0; u < U; ++u) {
+        const int idx = base + u * 32;
+        wv[r][u] = idx < nvec ? LoadWeight(wr + idx) : make_uint4(0, 0, 0, 0);
+      }
+    }
+  };
+  int row0 = (blockIdx.x * kGemvWarps + warp) * R;
+  if (row0 < n) load(row0, lane);
+  WaitPrior();
+
+  const uint4* xv = reinterpret_cast<const uint4*>(p.x);
+  if (kNorm) {
+    T* xs = reinterpret_cast<T*>(gemv_smem);
+    const T* g = static_cast<const T*>(p.norm_w);
+    if (warp < M) {
+      const int src = p.row_map != nullptr ? p.row_map[warp] : warp;
+      const float* hr = p.norm_h + static_cast<int64_t>(src) * k;
+      float ss = 0.f;
+      for (int kk = lane; kk < k; kk += 32) ss += hr[kk] * hr[kk];
+      ss = WarpSum(ss);
+      if (lane == 0) rms[warp] = rsqrtf(ss / static_cast<float>(k) + p.eps);
+    }
+    __syncthreads();
+    for (int idx = threadIdx.x; idx < M * k; idx += kGemvThreads) {
+      const int mm = idx / k, kk = idx % k;
+      const int src = p.row_map != nullptr ? p.row_map[mm] : mm;
+      xs[idx] = FromF<T>(p.norm_h[static_cast<int64_t>(src) * k + kk] * rms[mm] * ToF(g[kk]));
+    }
+    __syncthreads();
+    xv = reinterpret_cast<const uint4*>(xs);
+  }
+
+  bool first = true;
+  for (; row0 < n; row0 += warps * R) {
+    if (!first) load(row0, lane);
+    first = false;
+    float acc[R][M];
+#pragma unroll
+    for (int r = 0; r < R; ++r) {
+#pragma unroll
+      for (int mm = 0; mm < M; ++mm) acc[r][mm] = 0.f;
+    }
+    for (int base = lane;;) {
+#pragma unroll
+      for (int u = 0; u < U; ++u) {
+        const int idx = base + u * 32;
+        if (idx < nvec) {
+#pragma unroll
+          for (int mm = 0; mm < M; ++mm) {
+            const uint4 xx = kNorm ? xv[mm * nvec + idx] : __ldg(xv + static_cast<int64_t>(mm) * nvec + idx);
+#pragma unroll
+            for (int r = 0; r < R; ++r) acc[r][mm] = Dot16(wv[r][u], xx, acc[r][mm], T());
+          }
+        }
+      }
+      base += 32 * U;
+      if (base >= nvec) break;
+      load(row0, base);
+    }
+#pragma unroll
+    for (int r = 0; r < R; ++r) {
+#pragma unroll
+      for (int mm = 0; mm < M; ++mm) acc[r][mm] = WarpSum(acc[r][mm]);
+    }
+    switch (p.epilogue) {
+      case GemvEpilogue::kStoreF32:
+      case GemvEpilogue::kAddF32: {
+        float* out = static_cast<float*>(p.y);
+        const bool add = p.epilogue == GemvEpilogue::kAddF32;
+#pragma unroll
+        for (int r = 0; r < R; ++r) {
+#pragma unroll
+          for (int mm = 0; mm < M; ++mm) {
+            if (lane == r * M + mm && row0 + r < n) {
+              float* o = out + static_cast<int64_t>(mm) * n + row0 + r;
+              *o = add ? *o + acc[r][mm] : acc[r][mm];
+            }
+          }
+        }
+        break;
+      }
+      case GemvEpilogue::kSwiGlu: {
+        // rows row0 (gate) and row0 + 1 (up) of an interleaved pair; n is even.
+        T* out = static_cast<T*>(p.y);
+        const int j = row0 / 2, inter = n / 2;
+#pragma unroll
+        for (int mm = 0; mm < M; ++mm) {
+          if (lane == mm) {
+            out[static_cast<int64_t>(mm) * inter + j] = FromF<T>(Silu(acc[0][mm]) * acc[1][mm]);
+          }
+        }
+        break;
+      }
+      case GemvEpilogue::kQkvRope: {
+        const int D = p.head_dim, half = D / 2;
+        const int rotated = (p.q_heads + p.kv_heads) * D;
+#pragma unroll
+        for (int mm = 0; mm < M; ++mm) {
+          if (lane != mm) continue;
+          const int pos = p.positions[mm];
+          const int64_t slot = p.slots[mm];
+          const float x1 = acc[0][mm], x2 = acc[1][mm];
+          if (row0 < rotated) {
+            const int head = row0 / D, i = (row0 % D) / 2;
+            float sn, cs;
+            sincosf(static_cast<float>(pos) * p.inv_freq[i], &sn, &cs);
+            const float y1 = x1 * cs - x2 * sn, y2 = x2 * cs + x1 * sn;
+            if (head < p.q_heads) {
+              float* qo = p.q_out + (static_cast<int64_t>(mm) * p.q_heads + head) * D;
+              qo[i] = y1;
+              qo[i + half] = y2;
+            } else {
+              T* kc = static_cast<T*>(p.k_cache) +
+                      ((slot * p.kv_heads + head - p.q_heads) * p.max_seq_len + pos) * D;
+              kc[i] = FromF<T>(y1);
+              kc[i + half] = FromF<T>(y2);
+            }
+          } else {
+            const int v0 = row0 - rotated, kvh = v0 / D, d = v0 % D;
+            T* vc = static_cast<T*>(p.v_cache) + ((slot * p.kv_heads + kvh) * p.max_seq_len + pos) * D;
+            vc[d] = FromF<T>(x1);
+            vc[d + 1] = FromF<T>(x2);
+          }
+        }
+        break;
+      }
+    }
+  }
+}
+
+// Blocks of GemvKernel<T, M> that fit on the device at once with `smem` bytes of dynamic
+// shared memory each (register limit cached per device).
+template <typename T, int M, bool kNorm>
+int GemvResidentBlocks(size_t smem) {
+  static std::atomic<int> per_sm_cache[64];
+  static std::atomic<int> sms_cache[64], smem_sm_cache[64];
+  int device = 0;
+  if (cudaGetDevice(&device) != cudaSuccess || device >= 64) return 0;
+  if (per_sm_cache[device].load() == 0) {
+    int sms = 0, per_sm = 0, smem_sm = 0;
+    if (cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device) != cudaSuccess ||
+        cudaDeviceGetAttribute(&smem_sm, cudaDevAttrMaxSharedMemoryPerMultiprocessor, device) !=
+            cudaSuccess ||
+        cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, GemvKernel<T, M, kNorm>, kGemvThreads, 0) !=
+            cudaSuccess) {
+      cudaGetLastError();
+      return 0;
+    }
+    sms_cache[device].store(sms);
+    smem_sm_cache[device].store(smem_sm);
+    per_sm_cache[device].store(std::max(per_sm, 1));
+  }
+  int per_sm = per_sm_cache[device].load();
+  if (smem > 0) {
+    const int by_smem = smem_sm_cache[device].load() / static_cast<int>(smem + 1024);
+    per_sm = std::max(1, std::min(per_sm, by_smem));
+  }
+  return sms_cache[device].load() * per_sm;
+}
+
+template <typename T, int M>
+cudaError_t ConfigureGemv() {
+  static std::atomic<bool> configured[64];
+  int device = 0;
+  cudaError_t e = cudaGetDevice(&device);
+  if (e != cudaSuccess) return e;
+  if (device < 64 && configured[device].load()) return cudaSuccess;
+  e = cudaFuncSetAttribute(GemvKernel<T, M, true>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                           kGemvMaxSmem);
+  if (e == cudaSuccess && device < 64) configured[device].store(true);
+  return e;
+}
+
+template <typename T, int M>
+cudaError_t WarmGemv() {
+  // Fills the occupancy caches now, so that no query happens while a graph is captured.
+  return GemvResidentBlocks<T, M, true>(0) > 0 && GemvResidentBlocks<T, M, false>(0) > 0
+             ? cudaSuccess
+             : cudaErrorUnknown;
+}
+
+template <typename T>
+cudaError_t ConfigureGemvAll() {
+  cudaError_t e = cudaSuccess;
+  const cudaError_t warm[] = {WarmGemv<T, 1>(), WarmGemv<T, 2>(), WarmGemv<T, 3>(),
+                              WarmGemv<T, 4>(), WarmGemv<T, 5>(), WarmGemv<T, 6>(),
+                              WarmGemv<T, 7>(), WarmGemv<T, 8>()};
+  for (cudaError_t w : warm) {
+    if (w != cudaSuccess) return w;
+  }
+  e = ConfigureGemv<T, 1>();
+  if (e == cudaSuccess) e = ConfigureGemv<T, 2>();
+  if (e == cudaSuccess) e = ConfigureGemv<T, 3>();
+  if (e == cudaSuccess) e = ConfigureGemv<T, 4>();
+  if (e == cudaSuccess) e = ConfigureGemv<T, 5>();
+  if (e == cudaSuccess) e = ConfigureGemv<T, 6>();
+  if (e == cudaSuccess) e = ConfigureGemv<T, 7>();
+  if (e == cudaSuccess) e = ConfigureGemv<T, 8>();
+  return e;
+}
+
+size_t GemvSmem(const GemvParams& p) {
+  return p.norm_h != nullptr ? static_cast<size_t>(p.m) * p.k * ElemSize(p.type) : 0;
+}
+
+template <typename T, int M>
+cudaError_t LaunchGemvM(const GemvParams& p, cudaStream_t stream) {
+  cudaError_t e = ConfigureGemv<T, M>();
+  if (e != cudaSuccess) return e;
+  const size_t smem = GemvSmem(p);
+  const int needed = (p.n + 2 * kGemvWarps - 1) / (2 * kGemvWarps);
+  if (p.norm_h != nullptr) {
+    const int resident = GemvResidentBlocks<T, M, true>(smem);
+    const dim3 grid(resident > 0 ? std::min(needed, resident) : needed);
+    return Launch(GemvKernel<T, M, true>, grid, dim3(kGemvThreads), smem, stream, p);
+  }
+  const int resident = GemvResidentBlocks<T, M, false>(0);
+  const dim3 grid(resident > 0 ? std::min(needed, resident) : needed);
+  return Launch(GemvKernel<T, M, false>, grid, dim3(kGemvThreads), 0, stream, p);
+}
+
+template <typename T>
+cudaError_t LaunchGemv(const GemvParams& p, cudaStream_t stream) {
+  switch (p.m) {
+    case 1: return LaunchGemvM<T, 1>(p, stream);
+    case 2: return LaunchGemvM<T, 2>(p, stream);
+    case 3: return LaunchGemvM<T, 3>(p, stream);
+    case 4: return LaunchGemvM<T, 4>(p, stream);
+    case 5: return LaunchGemvM<T, 5>(p, stream);
+    case 6: return LaunchGemvM<T, 6>(p, stream);
+    case 7: return LaunchGemvM<T, 7>(p, stream);
+    case 8: return LaunchGemvM<T, 8>(p, stream);
+  }
+  return cudaErrorNotSupported;
+}
+
+// ---------------------------------------------------------------- logits, sampling
+
+__global__ void UnshardLogitsKernel(const float* __restrict__ gathered, int rows, int vpr,
+                                    int vocab, float* __restrict__ out) {
+  AllowNext();
+  WaitPrior();
+  const int64_t total = static_cast<int64_t>(rows) * vocab;
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < total;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int64_t s = i / vocab, v = i % vocab;
+    const int64_t r = v / vpr;
+    out[i] = gathered[(r * rows + s) * vpr + (v - r * vpr)];
+  }
+}
+
+// (value, id) a beats b: a number beats NaN; a larger number wins; ties go to the lower id.
+__device__ __forceinline__ bool Beats(float av, int ai, float bv, int bi) {
+  const bool an = isnan(av), bn = isnan(bv);
+  if (an != bn) return bn;
+  if (!an && av != bv) return av > bv;
+  return ai < bi;
+}
+
+// Block-wide best (value, id) of this thread's candidate; every thread gets the result.
+__device__ void BlockBest(float* bv, int* bi, float* sv /* [32] */, int* si /* [32] */) {
+#pragma unroll
+  for (int off = 16; off > 0; off >>= 1) {
+    const float ov = __shfl_xor_sync(kFullMask, *bv, off);
+    const int oi = __shfl_xor_sync(kFullMask, *bi, off);
+    if (Beats(ov, oi, *bv, *bi)) {
+      *bv = ov;
+      *bi = oi;
+    }
+  }
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  if (lane == 0) {
+    sv[warp] = *bv;
+    si[warp] = *bi;
+  }
+  __syncthreads();
+  const int warps = blockDim.x >> 5;
+  *bv = lane < warps ? sv[lane] : NAN;
+  *bi = lane < warps ? si[lane] : 0x7fffffff;
+#pragma unroll
+  for (int off = 16; off > 0; off >>= 1) {
+    const float ov = __shfl_xor_sync(kFullMask, *bv, off);
+    const int oi = __shfl_xor_sync(kFullMask, *bi, off);
+    if (Beats(ov, oi, *bv, *bi)) {
+      *bv = ov;
+      *bi = oi;
+    }
+  }
+  __syncthreads();
+}
+
+constexpr int kArgMaxThreads = 256;
+constexpr int kArgMaxChunks = 64;  // blocks per row at most
+
+// Block (row, c) finds the best of its chunk of the row; the last block of a row to
+// finish reduces the chunks' results (read from L2) and resets the row's counter.
+__global__ void __launch_bounds__(kArgMaxThreads)
+    ArgMaxKernel(const float* __restrict__ logits, int vocab, int64_t ld, int chunk,
+                 float* __restrict__ part_v, int* __restrict__ part_i, int* __restrict__ counters,
+                 int32_t* __restrict__ out) {
+  __shared__ float sv[32];
+  __shared__ int si[32];
+  __shared__ int ticket;
+  AllowNext();
+  WaitPrior();
+  const int row = blockIdx.x, c = blockIdx.y, chunks = gridDim.y;
+  const float* lr = logits + row * ld;
+  float bv = NAN;
+  int bi = 0x7fffffff;
+  const int end = min(vocab, (c + 1) * chunk);
+  for (int i = c * chunk + threadIdx.x; i < end; i += blockDim.x) {
+    const float v = lr[i];
+    if (Beats(v, i, bv, bi)) {
+      bv = v;
+      bi = i;
+    }
+  }
+  BlockBest(&bv, &bi, sv, si);
+  if (chunks == 1) {
+    // Every value NaN: SampleToken's scan keeps id 0.
+    if (threadIdx.x == 0) out[row] = bi >= vocab ? 0 : bi;
+    return;
+  }
+  if (threadIdx.x == 0) {
+    part_v[row * chunks + c] = bv;
+    part_i[row * chunks + c] = bi;
+    __threadfence();
+    ticket = atomicAdd(counters + row, 1);
+  }
+  __syncthreads();
+  if (ticket != chunks - 1) return;
+  __threadfence();
+  bv = NAN;
+  bi = 0x7fffffff;
+  for (int j = threadIdx.x; j < chunks; j += blockDim.x) {
+    const float v = __ldcg(part_v + row * chunks + j);
+    const int i = __ldcg(part_i + row * chunks + j);
+    if (Beats(v, i, bv, bi)) {
+      bv = v;
+      bi = i;
+    }
+  }
+  BlockBest(&bv, &bi, sv, si);
+  if (threadIdx.x == 0) {
+    out[row] = bi >= vocab ? 0 : bi;
+    counters[row] = 0;  // ready for the next launch
+  }
+}
+
+// ---------------------------------------------------------------- conversions, random
+
+template <typename T>
+__global__ void F32ToElemKernel(const float* __restrict__ in, int64_t n, T* __restrict__ out) {
+  AllowNext();
+  WaitPrior();
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    out[i] = FromF<T>(in[i]);
+  }
+}
+
+template <typename T>
+__global__ void ElemToF32Kernel(const T* __restrict__ in, int64_t n, float* __restrict__ out) {
+  AllowNext();
+  WaitPrior();
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    out[i] = ToF(in[i]);
+  }
+}
+
+__device__ __forceinline__ uint64_t Mix64(uint64_t z) {
+  z += 0x9e3779b97f4a7c15ull;
+  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+  z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+  return z ^ (z >> 31);
+}
+
+template <typename T>
+__global__ void FillRandomKernel(T* __restrict__ out, int64_t n, uint64_t seed, float scale,
+                                 float offset) {
+  AllowNext();
+  WaitPrior();
+  const uint64_t key = Mix64(seed);
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const uint64_t h = Mix64(key ^ static_cast<uint64_t>(i));
+    const float u = static_cast<float>(h >> 40) * (2.0f / 16777216.0f) - 1.0f;
+    out[i] = FromF<T>(offset + scale * u);
+  }
+}
+
+dim3 GridFor(int64_t n, int threads) {
+  int64_t blocks = (n + threads - 1) / threads;
+  if (blocks > 65535 * 4) blocks = 65535 * 4;
+  if (blocks < 1) blocks = 1;
+  return dim3(static_cast<unsigned>(blocks));
+}
+
+int NormThreads(int hidden) {
+  int t = 32;
+  while (t < hidden && t < 1024) t *= 2;
+  return t > 512 ? 512 : t;
+}
+
+bool Aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15) == 0; }
+
+template <typename T, int E>
+cudaError_t ConfigureAttention() {
+  // Raising the shared-memory limit is per device and idempotent; done once each.
+  static std::atomic<bool> configured[64];
+  int device = 0;
+  cudaError_t e = cudaGetDevice(&device);
+  if (e != cudaSuccess) return e;
+  if (device < 64 && configured[device].load()) return cudaSuccess;
+  e = cudaFuncSetAttribute(AttentionKernel<T, E>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                           static_cast<int>(AttnSmemBytes(32 * E)));
+  if (e == cudaSuccess && device < 64) configured[device].store(true);
+  return e;
+}
+
+template <typename T>
+cudaError_t ConfigureAttentionAll() {
+  cudaError_t e = ConfigureAttention<T, 1>();
+  if (e == cudaSuccess) e = ConfigureAttention<T, 2>();
+  if (e == cudaSuccess) e = ConfigureAttention<T, 4>();
+  if (e == cudaSuccess) e = ConfigureAttention<T, 8>();
+  return e;
+}
+
+template <typename T, int E>
+cudaError_t LaunchAttention(const float* q, const AttnTile* tiles, int n_tiles,
+                            const AttnShape& shape, const void* k_cache, const void* v_cache,
+                            int split_len, int max_splits, float* partial, int32_t* counters,
+                            void* out, cudaStream_t stream) {
+  const size_t smem = AttnSmemBytes(shape.head_dim);
+  const cudaError_t e = ConfigureAttention<T, E>();
+  if (e != cudaSuccess) return e;
+  const float scale = 1.0f / sqrtf(static_cast<float>(shape.head_dim));
+  return Launch(AttentionKernel<T, E>, dim3(n_tiles, shape.kv_heads, max_splits),
+                dim3(kAttnThreads), smem, stream, q, tiles, shape,
+                static_cast<const T*>(k_cache), static_cast<const T*>(v_cache), split_len,
+                max_splits, scale, partial, counters, static_cast<T*>(out));
+}
+
+template <typename T>
+cudaError_t AttentionT(const float* q, const AttnTile* tiles, int n_tiles, const AttnShape& shape,
+                       const void* k_cache, const void* v_cache, int split_len, int max_splits,
+                       float* partial, int32_t* counters, void* out, cudaStream_t stream) {
+  const int D = shape.head_dim;
+  if (D <= 32) {
+    return LaunchAttention<T, 1>(q, tiles, n_tiles, shape, k_cache, v_cache, split_len, max_splits,
+                                 partial, counters, out, stream);
+  }
+  if (D <= 64) {
+    return LaunchAttention<T, 2>(q, tiles, n_tiles, shape, k_cache, v_cache, split_len, max_splits,
+                                 partial, counters, out, stream);
+  }
+  if (D <= 128) {
+    return LaunchAttention<T, 4>(q, tiles, n_tiles, shape, k_cache, v_cache, split_len, max_splits,
+                                 partial, counters, out, stream);
+  }
+  return LaunchAttention<T, 8>(q, tiles, n_tiles, shape, k_cache, v_cache, split_len, max_splits,
+                               partial, counters, out, stream);
+}
+
+}  // namespace
+
+cudaError_t PrepareKernels() {
+  cudaError_t e = ConfigureAttentionAll<float>();
+  if (e == cudaSuccess) e = ConfigureAttentionAll<__nv_bfloat16>();
+  if (e == cudaSuccess) e = ConfigureGemvAll<float>();
+  if (e == cudaSuccess) e = ConfigureGemvAll<__nv_bfloat16>();
+  return e;
+}
+
+void SetProgrammaticLaunch(bool enabled) { g_programmatic_launch.store(enabled); }
+bool ProgrammaticLaunch() { return g_programmatic_launch.load(); }
+
+cudaError_t EmbedGather(const void* table, ElemType t, const int32_t* tokens, int rows, int hidden,
+                        float* out, cudaStream_t stream) {
+  if (rows <= 0) return cudaSuccess;
+  const dim3 grid(rows), block(NormThreads(hidden));
+  if (t == ElemType::kBF16) {
+    return Launch(EmbedGatherKernel<__nv_bfloat16>, grid, block, 0, stream,
+                  static_cast<const __nv_bfloat16*>(table), tokens, hidden, out);
+  }
+  return Launch(EmbedGatherKernel<float>, grid, block, 0, stream, static_cast<const float*>(table),
+                tokens, hidden, out);
+}
+
+cudaError_t AddRmsNorm(float* h, const float* delta, const int32_t* row_map, int rows, int hidden,
+                       const void* weight, ElemType t, float eps, void* out, cudaStream_t stream) {
+  if (rows <= 0) return cudaSuccess;
+  const dim3 grid(rows), block(NormThreads(hidden));
+  if (t == ElemType::kBF16) {
+    return Launch(AddRmsNormKernel<__nv_bfloat16>, grid, block, 0, stream, h, delta, row_map,
+                  hidden, static_cast<const __nv_bfloat16*>(weight), eps,
+                  static_cast<__nv_bfloat16*>(out));
+  }
+  return Launch(AddRmsNormKernel<float>, grid, block, 0, stream, h, delta, row_map, hidden,
+                static_cast<const float*>(weight), eps, static_cast<float*>(out));
+}
+
+cudaError_t RopeKvWrite(const float* qkv, int rows, int q_heads, int kv_heads, int head_dim,
+                        const int32_t* positions, const int32_t* slots, const float* inv_freq,
+                        float* q_out, void* k_cache, void* v_cache, ElemType cache_type,
+                        int max_seq_len, cudaStream_t stream) {
+  if (rows <= 0) return cudaSuccess;
+  if (head_dim % 2 != 0) return cudaErrorInvalidValue;
+  const dim3 grid(rows), block(128);
+  if (cache_type == ElemType::kBF16) {
+    return Launch(RopeKvWriteKernel<__nv_bfloat16>, grid, block, 0, stream, qkv, q_heads, kv_heads,
+                  head_dim, positions, slots, inv_freq, q_out,
+                  static_cast<__nv_bfloat16*>(k_cache), static_cast<__nv_bfloat16*>(v_cache),
+                  max_seq_len);
+  }
+  return Launch(RopeKvWriteKernel<float>, grid, block, 0, stream, qkv, q_heads, kv_heads, head_dim,
+                positions, slots, inv_freq, q_out, static_cast<float*>(k_cache),
+                static_cast<float*>(v_cache), max_seq_len);
+}
+
+bool AttentionSupported(const AttnShape& s) {
+  return s.head_dim > 0 && s.head_dim <= kMaxHeadDim && s.kv_heads > 0 && s.q_heads > 0 &&
+         s.q_heads % s.kv_heads == 0 && s.q_heads / s.kv_heads <= kAttnTileVectors;
+}
+
+cudaError_t Attention(const float* q, const AttnTile* tiles, int n_tiles, const AttnShape& shape,
+                      const void* k_cache, const void* v_cache, ElemType cache_type, int split_len,
+                      int max_splits, float* partial, int32_t* counters, void* out,
+                      cudaStream_t stream) {
+  if (n_tiles <= 0) return cudaSuccess;
+  if (!AttentionSupported(shape) || split_len <= 0 || max_splits <= 0 ||
+      (max_splits > 1 && (partial == nullptr || counters == nullptr))) {
+    return cudaErrorInvalidValue;
+  }
+  if (cache_type == ElemType::kBF16) {
+    return AttentionT<__nv_bfloat16>(q, tiles, n_tiles, shape, k_cache, v_cache, split_len,
+                                     max_splits, partial, counters, out, stream);
+  }
+  return AttentionT<float>(q, tiles, n_tiles, shape, k_cache, v_cache, split_len, max_splits,
+                           partial, counters, out, stream);
+}
+
+cudaError_t SwiGlu(const float* gu, int rows, int inter, void* out, ElemType t,
+                   cudaStream_t stream) {
+  const int64_t total = static_cast<int64_t>(rows) * inter;
+  if (total <= 0) return cudaSuccess;
+  if (t == ElemType::kBF16) {
+    return Launch(SwiGluKernel<__nv_bfloat16>, GridFor(total, 256), dim3(256), 0, stream, gu,
+                  total, inter, static_cast<__nv_bfloat16*>(out));
+  }
+  return Launch(SwiGluKernel<float>, GridFor(total, 256), dim3(256), 0, stream, gu, total, inter,
+                static_cast<float*>(out));
+}
+
+bool GemvSupported(const GemvParams& p) {
+  const bool pairs = p.epilogue == GemvEpilogue::kSwiGlu || p.epilogue == GemvEpilogue::kQkvRope;
+  if (p.m < 1 || p.m > kGemvMaxRows || p.n < 1 || p.k < 1 || (p.k * ElemSize(p.type)) % 16 != 0 ||
+      !Aligned16(p.w) || (pairs && p.n % 2 != 0) ||
+      (p.y == nullptr && p.epilogue != GemvEpilogue::kQkvRope)) {
+    return false;
+  }
+  if (p.norm_h != nullptr) return p.norm_w != nullptr && GemvSmem(p) <= kGemvMaxSmem;
+  return p.x != nullptr && Aligned16(p.x);
+}
+
+cudaError_t GemvEx(const GemvParams& p, cudaStream_t stream) {
+  if (!GemvSupported(p)) return cudaErrorNotSupported;
+  if (p.type == ElemType::kBF16) return LaunchGemv<__nv_bfloat16>(p, stream);
+  return LaunchGemv<float>(p, stream);
+}
+
+cudaError_t Gemv(const void* w, ElemType t, int n, int k, const void* x, int m, void* y,
+                 GemvEpilogue epilogue, cudaStream_t stream) {
+  GemvParams p;
+  p.w = w;
+  p.type = t;
+  p.n = n;
+  p.k = k;
+  p.m = m;
+  p.x = x;
+  p.y = y;
+  p.epilogue = epilogue;
+  return GemvEx(p, stream);
+}
+
+cudaError_t UnshardLogits(const float* gathered, int ranks, int rows, int vocab_per_rank,
+                          int vocab, float* out, cudaStream_t stream) {
+  const int64_t total = static_cast<int64_t>(rows) * vocab;
+  if (total <= 0) return cudaSuccess;
+  if (static_cast<int64_t>(ranks) * vocab_per_rank < vocab) return cudaErrorInvalidValue;
+  return Launch(UnshardLogitsKernel, GridFor(total, 256), dim3(256), 0, stream, gathered, rows,
+                vocab_per_rank, vocab, out);
+}
+
+size_t ArgMaxScratchBytes(int rows) {
+  return static_cast<size_t>(rows) * (1 + 2 * kArgMaxChunks) * 4;
+}
+
+cudaError_t ArgMax(const float* logits, int rows, int vocab, int64_t ld, void* scratch,
+                   int32_t* out, cudaStream_t stream) {
+  if (rows <= 0) return cudaSuccess;
+  if (vocab < 1 || scratch == nullptr) return cudaErrorInvalidValue;
+  // About 2048 values a block, at most kArgMaxChunks blocks a row.
+  int chunks = std::min(kArgMaxChunks, (vocab + 2047) / 2048);
+  const int chunk = (vocab + chunks - 1) / chunks;
+  chunks = (vocab + chunk - 1) / chunk;
+  int* counters = static_cast<int*>(scratch);
+  float* part_v = reinterpret_cast<float*>(counters + rows);
+  int* part_i = reinterpret_cast<int*>(part_v + static_cast<size_t>(rows) * kArgMaxChunks);
+  return Launch(ArgMaxKernel, dim3(rows, chunks), dim3(kArgMaxThreads), 0, stream, logits, vocab,
+                ld, chunk, part_v, part_i, counters, out);
+}
+
+cudaError_t F32ToElem(const float* in, int64_t n, void* out, ElemType t, cudaStream_t stream) {
+  if (n <= 0) return cudaSuccess;
+  if (t == ElemType::kBF16) {
+    return Launch(F32ToElemKernel<__nv_bfloat16>, GridFor(n, 256), dim3(256), 0, stream, in, n,
+                  static_cast<__nv_bfloat16*>(out));
+  }
+  return Launch(F32ToElemKernel<float>, GridFor(n, 256), dim3(256), 0, stream, in, n,
+                static_cast<float*>(out));
+}
+
+cudaError_t ElemToF32(const void* in, ElemType t, int64_t n, float* out, cudaStream_t stream) {
+  if (n <= 0) return cudaSuccess;
+  if (t == ElemType::kBF16) {
+    return Launch(ElemToF32Kernel<__nv_bfloat16>, GridFor(n, 256), dim3(256), 0, stream,
+                  static_cast<const __nv_bfloat16*>(in), n, out);
+  }
+  return Launch(ElemToF32Kernel<float>, GridFor(n, 256), dim3(256), 0, stream,
+                static_cast<const float*>(in), n, out);
+}
+
+cudaError_t FillRandom(void* out, ElemType t, int64_t n, uint64_t seed, float scale, float offset,
+                       cudaStream_t stream) {
+  if (n <= 0) return cudaSuccess;
+  if (t == ElemType::kBF16) {
+    return Launch(FillRandomKernel<__nv_bfloat16>, GridFor(n, 256), dim3(256), 0, stream,
+                  static_cast<__nv_bfloat16*>(out), n, seed, scale, offset);
+  }
+  return Launch(FillRandomKernel<float>, GridFor(n, 256), dim3(256), 0, stream,
+                static_cast<float*>(out), n, seed, scale, offset);
+}
+
+}  // namespace shardvec::kernels::llm
