@@ -7,6 +7,7 @@
 #include <atomic>
 #include <cstdio>
 #include <deque>
+#include <fstream>
 #include <memory>
 #include <random>
 #include <thread>
@@ -26,6 +27,8 @@
 #include "common/validate.h"
 #include "common/vecs_io.h"
 #include "common/vector_source.h"
+#include "embed/text_embedder.h"
+#include "embed/wordnet.h"
 #include "proto/shardvec.grpc.pb.h"
 
 namespace shardvec::cli {
@@ -58,8 +61,19 @@ const char* MetricName(v1::Metric m) {
 
 std::string DescribeSpec(const v1::CollectionInfo& info) {
   const v1::CollectionSpec& s = info.spec();
-  return absl::StrFormat("%-20s dim %-5d %-6s %-16s %-4s %d records", s.name(), s.dim(), MetricName(s.metric()),
-                         s.index_spec(), s.device() == v1::GPU ? "gpu" : "cpu", info.num_records());
+  std::string line = absl::StrFormat("%-20s dim %-5d %-6s %-16s %-4s %d records", s.name(), s.dim(),
+                                     MetricName(s.metric()), s.index_spec(), s.device() == v1::GPU ? "gpu" : "cpu",
+                                     info.num_records());
+  if (!s.embedder().empty()) absl::StrAppend(&line, ", embedder ", s.embedder());
+  return line;
+}
+
+// At most `width` bytes of `text` (0: all), cut at a UTF-8 character boundary.
+std::string Clip(const std::string& text, int width) {
+  if (width <= 0 || text.size() <= static_cast<size_t>(width)) return text;
+  size_t end = static_cast<size_t>(width);
+  while (end > 0 && (static_cast<unsigned char>(text[end]) & 0xc0) == 0x80) --end;
+  return text.substr(0, end) + "...";
 }
 
 // Progress on stderr: a redrawn bar on a terminal, a line every 10% otherwise.
@@ -166,7 +180,10 @@ int CreateCollection(const std::string& router, const CreateOptions& o) {
   v1::CollectionSpec* spec = req.mutable_spec();
   spec->set_name(o.name);
   spec->set_dim(o.dim);
-  if (o.metric == "l2") {
+  spec->set_embedder(o.embedder);
+  if (o.metric.empty()) {
+    spec->set_metric(o.embedder.empty() ? v1::L2 : v1::COSINE);
+  } else if (o.metric == "l2") {
     spec->set_metric(v1::L2);
   } else if (o.metric == "ip") {
     spec->set_metric(v1::IP);
@@ -180,9 +197,17 @@ int CreateCollection(const std::string& router, const CreateOptions& o) {
   }
   spec->set_device(o.device == "gpu" ? v1::GPU : v1::CPU);
   spec->set_index_spec(o.index);
+  if (!o.fit_texts_file.empty()) {
+    if (o.embedder.empty()) return Fail(absl::InvalidArgumentError("--fit-texts: needs --embedder"));
+    std::ifstream in(o.fit_texts_file);
+    if (!in) return Fail(absl::NotFoundError(absl::StrCat(o.fit_texts_file, ": cannot open")));
+    for (std::string line; std::getline(in, line);) {
+      if (!line.empty()) req.add_embedder_fit_texts(std::move(line));
+    }
+  }
   v1::CreateCollectionResponse resp;
   grpc::ClientContext ctx;
-  SetDeadline(&ctx, absl::Minutes(1));
+  SetDeadline(&ctx, absl::Minutes(5));
   grpc::Status s = Connect(router)->CreateCollection(&ctx, req, &resp);
   if (!s.ok()) return Fail(s);
   std::printf("created collection %s\n", DescribeSpec(resp.collection()).c_str());
@@ -389,7 +414,38 @@ int Ingest(const std::string& router, const IngestOptions& o) {
   return 0;
 }
 
+namespace {
+
+// Text queries: one request, hits printed with their text.
+int SearchText(const std::string& router, const SearchOptions& o) {
+  v1::SearchRequest req;
+  req.set_collection(o.collection);
+  req.set_k(o.k);
+  req.set_include_payload(true);
+  for (const std::string& t : o.texts) req.add_text_queries(t);
+  v1::SearchResponse resp;
+  grpc::ClientContext ctx;
+  SetDeadline(&ctx, absl::Minutes(1));
+  if (grpc::Status s = Connect(router)->Search(&ctx, req, &resp); !s.ok()) return Fail(s);
+  for (int q = 0; q < resp.results_size(); ++q) {
+    const v1::QueryResult& r = resp.results(q);
+    std::printf("\"%s\"\n", o.texts[q].c_str());
+    for (int j = 0; j < r.ids_size(); ++j) {
+      const std::string text = j < r.payloads_size() ? r.payloads(j).text() : std::string();
+      std::printf("  %2d  %-10llu %.4f  %s\n", j + 1, static_cast<unsigned long long>(r.ids(j)), r.distances(j),
+                  Clip(text, o.text_width).c_str());
+    }
+  }
+  return 0;
+}
+
+}  // namespace
+
 int Search(const std::string& router, const SearchOptions& o) {
+  if (o.queries_file.empty() == o.texts.empty()) {
+    return Fail(absl::InvalidArgumentError("give either --queries FILE or --text TEXT"));
+  }
+  if (!o.texts.empty()) return SearchText(router, o);
   if (o.batch < 1) return Fail(absl::InvalidArgumentError("--batch: must be at least 1"));
   absl::StatusOr<FloatMatrix> q = ReadQueries(o.queries_file);
   if (!q.ok()) return Fail(q.status());
@@ -423,6 +479,84 @@ int Search(const std::string& router, const SearchOptions& o) {
     if (absl::Status s = WriteIvecs(o.out_file, out); !s.ok()) return Fail(s);
     std::printf("wrote %lld result rows of k=%d to %s\n", static_cast<long long>(q->rows), o.k, o.out_file.c_str());
   }
+  return 0;
+}
+
+int LoadWordNet(const std::string& router, const LoadWordNetOptions& o) {
+  if (o.batch < 1 || o.batch > 100000) return Fail(absl::InvalidArgumentError("--batch: out of range [1, 100000]"));
+  const absl::Time start = absl::Now();
+  absl::StatusOr<embed::WordNet> wn = embed::WordNet::Load(o.dir);
+  if (!wn.ok()) return Fail(wn.status());
+  const double parse_s = absl::ToDoubleSeconds(absl::Now() - start);
+  const int64_t total = static_cast<int64_t>(wn->synsets().size());
+  std::unique_ptr<Stub> stub = Connect(router);
+
+  // The collection, unless it exists; its embedder is fitted on every synset's text.
+  v1::DescribeCollectionRequest describe;
+  describe.set_name(o.collection);
+  v1::DescribeCollectionResponse info;
+  grpc::Status described;
+  {
+    grpc::ClientContext ctx;
+    SetDeadline(&ctx, absl::Seconds(30));
+    described = stub->DescribeCollection(&ctx, describe, &info);
+  }
+  const absl::Time fit_start = absl::Now();
+  if (described.error_code() == grpc::StatusCode::NOT_FOUND) {
+    v1::CreateCollectionRequest req;
+    v1::CollectionSpec* spec = req.mutable_spec();
+    spec->set_name(o.collection);
+    spec->set_dim(o.dim);
+    spec->set_metric(v1::COSINE);
+    spec->set_index_spec("Flat");
+    spec->set_embedder(embed::kHashTfidfV1);
+    for (const embed::Synset& s : wn->synsets()) req.add_embedder_fit_texts(wn->Text(s));
+    v1::CreateCollectionResponse resp;
+    grpc::ClientContext ctx;
+    SetDeadline(&ctx, absl::Minutes(5));
+    if (grpc::Status s = stub->CreateCollection(&ctx, req, &resp); !s.ok()) return Fail(s);
+    std::printf("created collection %s\n", DescribeSpec(resp.collection()).c_str());
+  } else if (!described.ok()) {
+    return Fail(described);
+  } else if (info.collection().spec().embedder().empty()) {
+    return Fail(absl::FailedPreconditionError(absl::StrCat(
+        "embedder: collection '", o.collection, "' exists without an embedder; drop it or pick another name")));
+  } else {
+    std::printf("loading into the existing collection %s\n", DescribeSpec(info.collection()).c_str());
+  }
+  std::fflush(stdout);
+  const double fit_s = absl::ToDoubleSeconds(absl::Now() - fit_start);
+
+  // Records without vectors: the router embeds each payload text.
+  const absl::Time load_start = absl::Now();
+  Progress progress(total);
+  v1::IngestResponse resp;
+  grpc::ClientContext ctx;
+  std::unique_ptr<grpc::ClientWriter<v1::IngestRequest>> writer = stub->Ingest(&ctx, &resp);
+  int64_t sent = 0;
+  while (sent < total) {
+    v1::IngestRequest msg;
+    msg.set_collection(o.collection);
+    const int64_t end = std::min<int64_t>(total, sent + o.batch);
+    for (int64_t i = sent; i < end; ++i) {
+      const embed::Synset& s = wn->synsets()[i];
+      v1::Record* r = msg.add_records();
+      r->set_id(s.id());
+      r->mutable_payload()->set_text(wn->Text(s));
+      for (const auto& [key, value] : wn->Metadata(s)) (*r->mutable_payload()->mutable_metadata())[key] = value;
+    }
+    if (!writer->Write(msg)) break;
+    sent = end;
+    progress.Update(sent);
+  }
+  writer->WritesDone();
+  grpc::Status status = writer->Finish();
+  progress.Finish();
+  if (!status.ok()) return Fail(status);
+  const double load_s = absl::ToDoubleSeconds(absl::Now() - load_start);
+  std::printf("loaded %llu WordNet synsets into %s in %.1f s (read %.1f s, fit and create %.1f s, embed and store %.1f s)\n",
+              static_cast<unsigned long long>(resp.ingested()), o.collection.c_str(),
+              absl::ToDoubleSeconds(absl::Now() - start), parse_s, fit_s, load_s);
   return 0;
 }
 

@@ -5,15 +5,18 @@
 
 #include <cstdint>
 #include <string>
+#include <vector>
 
 namespace shardvec::cli {
 
 struct CreateOptions {
   std::string name;
   int dim = 0;
-  std::string metric = "l2";
+  std::string metric;  // empty: l2, or cosine with an embedder
   std::string index = "Flat";
   std::string device = "cpu";
+  std::string embedder;        // e.g. hash-tfidf-v1; empty: the user brings vectors
+  std::string fit_texts_file;  // UTF-8, one document per line, to fit the embedder on
 };
 
 struct IngestOptions {
@@ -28,6 +31,8 @@ struct IngestOptions {
 struct SearchOptions {
   std::string collection;
   std::string queries_file;
+  std::vector<std::string> texts;  // text queries instead of a file (collections with an embedder)
+  int text_width = 160;            // characters of each hit's text to print; 0: all
   int k = 10;
   int nprobe = 0;
   int ef_search = 0;
@@ -47,6 +52,13 @@ struct BenchOptions {
   double seconds = 5;
 };
 
+struct LoadWordNetOptions {
+  std::string collection;
+  std::string dir = "/usr/share/wordnet";
+  int dim = 256;
+  int batch = 1024;  // synsets per stream message
+};
+
 struct GenOptions {
   int64_t rows = 10000;
   int dim = 64;
@@ -63,6 +75,9 @@ int ListCollections(const std::string& router);
 int DescribeCollection(const std::string& router, const std::string& name);
 int DropCollection(const std::string& router, const std::string& name);
 int Ingest(const std::string& router, const IngestOptions& options);
+// Creates a text collection (Flat, cosine, the built-in embedder fitted on WordNet's
+// synsets) unless it exists, then loads one record per synset, embedded by the router.
+int LoadWordNet(const std::string& router, const LoadWordNetOptions& options);
 int Search(const std::string& router, const SearchOptions& options);
 int Bench(const std::string& router, const BenchOptions& options);
 int Status(const std::string& router);

@@ -90,10 +90,14 @@ int main(int argc, char** argv) {
   CLI::App* create_cmd = collection->add_subcommand("create", "Create a collection");
   create_cmd->add_option("name", create.name, "Collection name")->required();
   create_cmd->add_option("--dim", create.dim, "Vector dimension")->required();
-  create_cmd->add_option("--metric", create.metric, "l2, ip or cosine")->capture_default_str();
+  create_cmd->add_option("--metric", create.metric, "l2, ip or cosine (default: l2; cosine with --embedder)");
   create_cmd->add_option("--index", create.index, "FAISS factory string, e.g. Flat, IVF1024,Flat, HNSW32")
       ->capture_default_str();
   create_cmd->add_option("--device", create.device, "cpu or gpu")->capture_default_str();
+  create_cmd->add_option("--embedder", create.embedder,
+                         "Built-in text embedder, hash-tfidf-v1: the router embeds records' text and text queries");
+  create_cmd->add_option("--fit-texts", create.fit_texts_file,
+                         "File of documents, one per line, to fit the embedder's idf on (a sample of the corpus)");
   CLI::App* list_cmd = collection->add_subcommand("list", "List collections");
   CLI::App* describe_cmd = collection->add_subcommand("describe", "Describe a collection");
   describe_cmd->add_option("name", collection_name, "Collection name")->required();
@@ -114,10 +118,12 @@ int main(int argc, char** argv) {
 
   // search
   shardvec::cli::SearchOptions search;
-  CLI::App* search_cmd = app.add_subcommand("search", "k-NN search for the queries in a .fvecs file");
+  CLI::App* search_cmd = app.add_subcommand("search", "k-NN search for the queries of a file, or for text");
   search_cmd->add_option("name", search.collection, "Collection name")->required();
-  search_cmd->add_option("--queries", search.queries_file, "Queries in any ingest format (HDF5: its test set)")
-      ->required();
+  search_cmd->add_option("--queries", search.queries_file, "Queries in any ingest format (HDF5: its test set)");
+  search_cmd->add_option("--text", search.texts, "A text query (repeatable), for a collection with an embedder");
+  search_cmd->add_option("--text-width", search.text_width, "Characters of each hit's text to print (0: all)")
+      ->capture_default_str();
   search_cmd->add_option("--k", search.k, "Neighbours per query")->capture_default_str();
   search_cmd->add_option("--nprobe", search.nprobe, "IVF lists to visit");
   search_cmd->add_option("--ef-search", search.ef_search, "HNSW candidate list size");
@@ -138,6 +144,14 @@ int main(int argc, char** argv) {
   bench_cmd->add_option("--batch", bench.batch, "Queries per request")->capture_default_str();
   bench_cmd->add_option("--concurrency", bench.concurrency, "Requests in flight")->capture_default_str();
   bench_cmd->add_option("--seconds", bench.seconds, "Minimum duration of the throughput run")->capture_default_str();
+
+  shardvec::cli::LoadWordNetOptions wordnet;
+  CLI::App* wordnet_cmd = app.add_subcommand(
+      "load-wordnet", "Load WordNet's synsets (Debian's wordnet-base) as a text collection, embedded by the router");
+  wordnet_cmd->add_option("name", wordnet.collection, "Collection name")->required();
+  wordnet_cmd->add_option("--dir", wordnet.dir, "WordNet's data files")->capture_default_str();
+  wordnet_cmd->add_option("--dim", wordnet.dim, "Vector dimension of a new collection")->capture_default_str();
+  wordnet_cmd->add_option("--batch", wordnet.batch, "Synsets per stream message")->capture_default_str();
 
   shardvec::cli::GenOptions gen;
   CLI::App* gen_cmd = app.add_subcommand("gen", "Write sample vectors (clustered Gaussian) to a .fvecs file");
@@ -167,6 +181,7 @@ int main(int argc, char** argv) {
   if (drop_cmd->parsed()) return DropCollection(router, collection_name);
   if (ingest_cmd->parsed()) return Ingest(router, ingest);
   if (search_cmd->parsed()) return Search(router, search);
+  if (wordnet_cmd->parsed()) return LoadWordNet(router, wordnet);
   if (bench_cmd->parsed()) return Bench(router, bench);
   if (gen_cmd->parsed()) return Generate(gen);
   if (shard_add->parsed()) return AddShard(router, shard_address);

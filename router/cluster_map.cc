@@ -176,13 +176,9 @@ absl::StatusOr<cluster::ClusterMap> LoadMap(const std::string& path) {
   return map;
 }
 
-absl::Status SaveMap(const std::string& path, const cluster::ClusterMap& map) {
-  std::string text;
-  if (!google::protobuf::TextFormat::PrintToString(map, &text)) {
-    return absl::InternalError("cannot print the cluster map");
-  }
+absl::Status WriteFileAtomically(const std::string& path, const std::string& data) {
   const std::string tmp = path + ".tmp";
-  if (absl::Status s = WriteAndSync(tmp, text); !s.ok()) return s;
+  if (absl::Status s = WriteAndSync(tmp, data); !s.ok()) return s;
   if (::rename(tmp.c_str(), path.c_str()) != 0) return IoError("cannot rename onto", path);
   std::string dir = std::filesystem::path(path).parent_path().string();
   if (dir.empty()) dir = ".";
@@ -192,6 +188,14 @@ absl::Status SaveMap(const std::string& path, const cluster::ClusterMap& map) {
   ::close(dfd);
   if (rc != 0) return IoError("cannot fsync directory", dir);
   return absl::OkStatus();
+}
+
+absl::Status SaveMap(const std::string& path, const cluster::ClusterMap& map) {
+  std::string text;
+  if (!google::protobuf::TextFormat::PrintToString(map, &text)) {
+    return absl::InternalError("cannot print the cluster map");
+  }
+  return WriteFileAtomically(path, text);
 }
 
 }  // namespace shardvec::router

@@ -37,7 +37,11 @@ std::string NextShardId(const cluster::ClusterMap& map);
 
 absl::StatusOr<cluster::ClusterMap> LoadMap(const std::string& path);
 
-// Writes path.tmp, fsyncs it, renames it over path and fsyncs the directory.
+// Writes path.tmp, fsyncs it, renames it over path and fsyncs the directory: after a
+// crash the file holds the old contents or the new, never a mix.
+absl::Status WriteFileAtomically(const std::string& path, const std::string& data);
+
+// WriteFileAtomically of the map's text form.
 absl::Status SaveMap(const std::string& path, const cluster::ClusterMap& map);
 
 }  // namespace shardvec::router

@@ -51,6 +51,9 @@ int RunRouterServer(const RouterServerOptions& options) {
     return 1;
   }
   RouterService service(*std::move(map), service_options);
+  if (absl::Status s = service.LoadEmbedderTables(); !s.ok()) {
+    LogInfo("warning: text requests to these collections will fail: %s", s.message());
+  }
   if (absl::Status s = service.SyncCollectionsToShards(); !s.ok()) {
     LogInfo("warning: not every shard has every collection yet: %s", s.ToString());
   }

@@ -1,10 +1,12 @@
 #include "router/router_service.h"
 
 #include <algorithm>
+#include <filesystem>
 #include <numeric>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "common/log.h"
 #include "common/server_util.h"
 #include "common/slot.h"
@@ -16,6 +18,7 @@
 #include "router/ingest.h"
 #include "router/merge.h"
 #include "router/split.h"
+#include "router/text.h"
 
 namespace shardvec::router {
 namespace {
@@ -93,7 +96,23 @@ std::shared_ptr<const Topology> RouterService::BuildTopology(cluster::ClusterMap
   }
   topo->slot_owner = SlotOwners(topo->map);
   for (const v1::CollectionSpec& c : topo->map.collections()) topo->collections[c.name()] = c;
+  topo->embedders = EmbeddersFor(topo->map, embedders_);
   return topo;
+}
+
+absl::Status RouterService::LoadEmbedderTables() {
+  absl::MutexLock admin(&admin_mu_);
+  auto topo = Snapshot();
+  if (options_.map_path.empty()) return absl::OkStatus();
+  std::vector<std::string> errors;
+  embedders_ = router::LoadEmbedderTables(topo->map, options_.map_path, &errors);
+  auto rebuilt = BuildTopology(topo->map);
+  {
+    absl::MutexLock lock(&mu_);
+    topology_ = std::move(rebuilt);
+  }
+  if (errors.empty()) return absl::OkStatus();
+  return absl::FailedPreconditionError(absl::StrJoin(errors, "; "));
 }
 
 std::shared_ptr<const Topology> RouterService::Snapshot() const {
@@ -140,14 +159,30 @@ absl::Status RouterService::SyncCollectionsToShards() {
 
 grpc::Status RouterService::CreateCollection(grpc::ServerContext* ctx, const v1::CreateCollectionRequest* req,
                                              v1::CreateCollectionResponse* resp) {
-  v1::CreateCollectionRequest normalized = *req;
+  // The shards get the spec alone, not the texts the embedder is fitted on.
+  v1::CreateCollectionRequest normalized;
+  *normalized.mutable_spec() = req->spec();
+  // Embedders make unit vectors for cosine or inner product; L2 is the others' default.
+  if (!req->spec().embedder().empty() && req->spec().metric() == v1::METRIC_UNSPECIFIED) {
+    normalized.mutable_spec()->set_metric(v1::COSINE);
+  }
   SHARDVEC_RETURN_IF_ERROR_GRPC(NormalizeCollectionSpec(normalized.mutable_spec()));
   const v1::CollectionSpec& spec = normalized.spec();
+  auto exists = [&](const Topology& topo) {
+    return topo.collections.contains(spec.name())
+               ? absl::AlreadyExistsError(absl::StrCat("name: collection '", spec.name(), "' already exists"))
+               : absl::OkStatus();
+  };
+  SHARDVEC_RETURN_IF_ERROR_GRPC(exists(*Snapshot()));
+  // Fitting reads every text (seconds for 100k of them): before the admin lock.
+  absl::StatusOr<std::shared_ptr<const embed::TextEmbedder>> embedder =
+      FitEmbedder(*req, normalized.mutable_spec());
+  if (!embedder.ok()) return ToGrpc(embedder.status());
   absl::MutexLock admin(&admin_mu_);
   auto topo = Snapshot();
-  if (topo->collections.contains(spec.name())) {
-    return ToGrpc(absl::AlreadyExistsError(absl::StrCat("name: collection '", spec.name(), "' already exists")));
-  }
+  SHARDVEC_RETURN_IF_ERROR_GRPC(exists(*topo));
+  const std::string table_path =
+      options_.map_path.empty() ? std::string() : EmbedderTablePath(options_.map_path, spec.name());
   const absl::Time deadline = Deadline(ctx, 0, options_.write_timeout);
   auto replies = FanOut<v1::CreateCollectionResponse>(
       AllShards(*topo), deadline,
@@ -155,12 +190,26 @@ grpc::Status RouterService::CreateCollection(grpc::ServerContext* ctx, const v1:
         return topo->shards[s].stub->PrepareAsyncCreateCollection(c, normalized, cq);
       });
   absl::Status status = FirstError(*topo, replies);
+  if (status.ok() && *embedder != nullptr) {
+    // The table goes to disk before the map names it.
+    if (!table_path.empty() && !(*embedder)->table().empty()) {
+      std::error_code ec;
+      std::filesystem::create_directories(std::filesystem::path(table_path).parent_path(), ec);
+      status = WriteFileAtomically(table_path, (*embedder)->table());
+    }
+    embedders_[spec.name()] = *embedder;
+  }
   if (status.ok()) {
     cluster::ClusterMap map = topo->map;
     *map.add_collections() = spec;
     status = Publish(std::move(map));
   }
   if (!status.ok()) {
+    embedders_.erase(spec.name());
+    if (!table_path.empty()) {
+      std::error_code ec;
+      std::filesystem::remove(table_path, ec);
+    }
     // Undo on the shards that created it, so a retry starts clean.
     v1::DropCollectionRequest drop;
     drop.set_name(spec.name());
@@ -175,7 +224,8 @@ grpc::Status RouterService::CreateCollection(grpc::ServerContext* ctx, const v1:
     return ToGrpc(status);
   }
   *resp->mutable_collection()->mutable_spec() = spec;
-  LogInfo("created collection %s (dim %d, %s)", spec.name(), spec.dim(), spec.index_spec());
+  LogInfo("created collection %s (dim %d, %s%s)", spec.name(), spec.dim(), spec.index_spec(),
+          spec.embedder().empty() ? "" : absl::StrCat(", embedder ", spec.embedder()));
   return grpc::Status::OK;
 }
 
@@ -204,6 +254,10 @@ grpc::Status RouterService::DropCollection(grpc::ServerContext* ctx, const v1::D
                                     [&](const v1::CollectionSpec& c) { return c.name() == req->name(); }),
                      collections->end());
   SHARDVEC_RETURN_IF_ERROR_GRPC(Publish(std::move(map)));
+  if (embedders_.erase(req->name()) > 0 && !options_.map_path.empty()) {
+    std::error_code ec;
+    std::filesystem::remove(EmbedderTablePath(options_.map_path, req->name()), ec);
+  }
   LogInfo("dropped collection %s", req->name());
   return grpc::Status::OK;
 }
@@ -257,9 +311,10 @@ grpc::Status RouterService::Upsert(grpc::ServerContext* ctx, const v1::UpsertReq
   auto topo = Snapshot();
   absl::StatusOr<v1::CollectionSpec> spec = FindCollection(*topo, req->collection());
   if (!spec.ok()) return ToGrpc(spec.status());
-  SHARDVEC_RETURN_IF_ERROR_GRPC(ValidateUpsert(*spec, *req));
-
   v1::UpsertRequest copy = *req;
+  SHARDVEC_RETURN_IF_ERROR_GRPC(EmbedRecords(topo->embedders, *spec, &copy));
+  SHARDVEC_RETURN_IF_ERROR_GRPC(ValidateUpsert(*spec, copy));
+
   std::vector<v1::UpsertRequest> parts = SplitByOwner(*topo, static_cast<int>(spec->dim()), &copy);
   std::vector<int> targets;
   for (int s = 0; s < static_cast<int>(parts.size()); ++s) {
@@ -340,11 +395,16 @@ grpc::Status RouterService::Search(grpc::ServerContext* ctx, const v1::SearchReq
   auto topo = Snapshot();
   absl::StatusOr<v1::CollectionSpec> spec = FindCollection(*topo, req->collection());
   if (!spec.ok()) return ToGrpc(spec.status());
-  SHARDVEC_RETURN_IF_ERROR_GRPC(ValidateSearch(*spec, *req));
+  // Text queries go to the shards as their embeddings, asking for candidates to re-score.
+  v1::SearchRequest embedded;
+  std::shared_ptr<const embed::TextEmbedder> embedder;
+  SHARDVEC_RETURN_IF_ERROR_GRPC(PrepareTextSearch(topo->embedders, *spec, *req, &embedded, &embedder));
+  const v1::SearchRequest& forward = embedder != nullptr ? embedded : *req;
+  SHARDVEC_RETURN_IF_ERROR_GRPC(ValidateSearch(*spec, forward));
   auto replies = FanOut<v1::SearchResponse>(
       AllShards(*topo), Deadline(ctx, req->timeout_ms(), options_.read_timeout),
       [&](int s, grpc::ClientContext* c, grpc::CompletionQueue* cq) {
-        return topo->shards[s].stub->PrepareAsyncSearch(c, *req, cq);
+        return topo->shards[s].stub->PrepareAsyncSearch(c, forward, cq);
       });
 
   v1::Coverage* coverage = resp->mutable_coverage();
@@ -357,7 +417,7 @@ grpc::Status RouterService::Search(grpc::ServerContext* ctx, const v1::SearchReq
     outcome->set_shard_id(shard.id);
     outcome->set_address(shard.address);
     grpc::Status status = r.status;
-    if (status.ok() && r.response.results_size() != req->queries_size()) {
+    if (status.ok() && r.response.results_size() != forward.queries_size()) {
       status = grpc::Status(grpc::StatusCode::INTERNAL, "shard returned a wrong number of results");
     }
     if (status.ok()) {
@@ -372,7 +432,8 @@ grpc::Status RouterService::Search(grpc::ServerContext* ctx, const v1::SearchReq
   coverage->set_shards_answered(static_cast<uint32_t>(answered.size()));
   if (!first_error.ok() && (!req->allow_partial_results() || answered.empty())) return ToGrpc(first_error);
 
-  MergeResults(answered, req->queries_size(), req->k(), spec->metric() != v1::L2, resp);
+  MergeResults(answered, forward.queries_size(), forward.k(), spec->metric() != v1::L2, resp);
+  if (embedder != nullptr) RescoreTextResults(*embedder, *req, resp);
   return grpc::Status::OK;
 }
 
@@ -417,10 +478,13 @@ grpc::Status RouterService::Ingest(grpc::ServerContext* ctx, grpc::ServerReader<
     }
     v1::UpsertRequest check;
     check.set_collection(spec->name());
+    check.set_embedder(msg.embedder());
     check.mutable_records()->Swap(msg.mutable_records());
     check.mutable_block()->Swap(msg.mutable_block());
     if (RecordCount(check) == 0) continue;
-    if (absl::Status s = ValidateUpsert(*spec, check); !s.ok()) {
+    absl::Status s = EmbedRecords(topo->embedders, *spec, &check);
+    if (s.ok()) s = ValidateUpsert(*spec, check);
+    if (!s.ok()) {
       return ToGrpc(absl::Status(s.code(), absl::StrCat("message ", message, ": ", s.message())));
     }
     ingested += RecordCount(check);

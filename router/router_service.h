@@ -18,6 +18,7 @@
 #include "proto/shard.grpc.pb.h"
 #include "proto/shardvec.grpc.pb.h"
 #include "router/gpu_merge.h"
+#include "router/text.h"
 
 namespace shardvec::router {
 
@@ -47,6 +48,8 @@ struct Topology {
   std::vector<ShardConn> shards;
   std::vector<int> slot_owner;  // slot -> index into shards
   absl::flat_hash_map<std::string, v1::CollectionSpec> collections;
+  // The built-in embedders of the collections that have one (router/text.h).
+  Embedders embedders;
 };
 
 class RouterService final : public v1::ShardVec::Service {
@@ -57,6 +60,11 @@ class RouterService final : public v1::ShardVec::Service {
   // Makes sure every shard has every collection of the map (shards are idempotent
   // about it); shards that do not answer are skipped and reported.
   absl::Status SyncCollectionsToShards();
+
+  // Loads the fitted embedder tables of the map's collections from beside the map
+  // (call once before serving). A collection whose table is missing or damaged still
+  // serves vectors; its text requests fail. Returns the problems found.
+  absl::Status LoadEmbedderTables();
 
   grpc::Status CreateCollection(grpc::ServerContext* ctx, const v1::CreateCollectionRequest* req,
                                 v1::CreateCollectionResponse* resp) override;
@@ -137,6 +145,8 @@ class RouterService final : public v1::ShardVec::Service {
   absl::Mutex admin_mu_;
   mutable absl::Mutex mu_;
   std::shared_ptr<const Topology> topology_ ABSL_GUARDED_BY(mu_);
+  // Fitted embedders by collection, kept across map changes.
+  Embedders embedders_ ABSL_GUARDED_BY(admin_mu_);
   // Stubs by address, reused across map changes.
   absl::flat_hash_map<std::string, std::shared_ptr<shardrpc::Shard::Stub>> stubs_ ABSL_GUARDED_BY(admin_mu_);
 };

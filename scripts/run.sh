@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Installs what is missing, builds, and runs the embedded default: a local cluster
-# (router + 3 shards on 127.0.0.1), a sample collection, and a query against it.
+# (router + 3 shards on 127.0.0.1), WordNet's 117k synsets loaded as text (embedded by
+# the built-in embedder) and searched by text, then a sample vector collection and a
+# query against it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/install_deps.sh
@@ -19,6 +21,10 @@ for _ in $(seq 1 600); do
   sleep 0.1
 done
 grep ready "$work/local.out" || { cat "$work/local.out"; exit 1; }
+
+"$bin" --router "$router" load-wordnet wordnet
+echo "Text search (id, score, text), answered by the built-in embedder:"
+"$bin" --router "$router" search wordnet --text "large wild cat" --k 5
 
 "$bin" gen "$work/base.fvecs" --rows 100000 --dim 64 --clusters 200 --seed 1
 "$bin" gen "$work/queries.fvecs" --rows 3 --dim 64 --clusters 200 --seed 1
