@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cstdint>
+#include <cstdlib>
 #include <type_traits>
 #include <utility>
 
@@ -446,24 +447,47 @@ constexpr int kGemvThreads = kGemvWarps * 32;
 constexpr int kGemvUnroll = 4;
 constexpr int kGemvMaxSmem = 96 * 1024;  // the fused norm's x rows
 
-// Each warp owns two consecutive weight rows at a time (a grid-stride loop over row pairs,
-// so that the grid is one even wave); a lane reads 16 bytes of each row per step,
-// kGemvUnroll steps in flight. The first weights are loaded before waiting on the
-// previous kernel, so under programmatic launch the weight stream starts while the
-// producer of x finishes. With the fused norm, each block first writes the normalised x
-// rows into shared memory. x is read through generic loads (global or shared).
+// The fused LM-head argmax: a (value, id) candidate as one 64-bit key whose unsigned order
+// is llm::SampleToken's greedy order (a larger number wins, ties go to the lower id, a NaN
+// never beats a number), so blocks can merge with atomicMax. A NaN gets high word 0, below
+// every number (-inf included); all NaN leaves id 0, as the scan does. 0 means "none".
+__device__ __forceinline__ unsigned long long ArgKey(float v, int id) {
+  const unsigned long long low = ~static_cast<uint32_t>(id);
+  if (isnan(v)) return low;
+  uint32_t u = __float_as_uint(v == 0.f ? 0.f : v);  // -0 ties with +0
+  u = (u & 0x80000000u) != 0 ? ~u : (u | 0x80000000u);
+  return (static_cast<unsigned long long>(u) << 32) | low;
+}
+
+// Rows are handled in pairs (a warp's two rows), `ks` warps of a block splitting one pair's
+// k range (split-K inside the block, reduced through shared memory in a fixed order, so
+// results do not depend on timing), kGemvWarps / ks pairs per block. The launcher picks
+// ks so that small matrices (o, down, q/k/v) still spread over several blocks per SM and
+// every warp's slice is a few 16-byte loads per lane, all in flight at once. Blocks walk
+// the groups of pairs with a grid-stride loop, so that the grid is one even wave. The first
+// weights are loaded before waiting on the previous kernel, so under programmatic launch
+// the weight stream starts while the producer of x finishes. With the fused norm, each
+// block first writes the normalised x rows into shared memory (all threads: one pass for
+// the sums of squares, one, from L1, for x). x is read through generic loads.
 template <typename T, int M, bool kNorm>
-__global__ void __launch_bounds__(kGemvThreads) GemvKernel(const GemvParams p) {
-  // Few rows: more weight loads in flight per lane (and, under programmatic launch, a
-  // whole row pair of a 2048-wide matrix prefetched before the wait).
+__global__ void __launch_bounds__(kGemvThreads) GemvKernel(const GemvParams p, int ks) {
+  // Few rows: more weight loads in flight per lane (a whole 2048-wide row pair of a warp
+  // prefetched before the wait).
   constexpr int R = 2, U = M <= 2 ? 2 * kGemvUnroll : kGemvUnroll;
   extern __shared__ __align__(16) unsigned char gemv_smem[];
   __shared__ float rms[kGemvMaxRows];
+  __shared__ float red[kGemvWarps][R * M];
+  __shared__ unsigned long long best_s[kGemvWarps][M];
+  __shared__ int ticket;
   AllowNext();
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int n = p.n, k = p.k;
-  const int warps = gridDim.x * kGemvWarps;
+  const int pb = kGemvWarps / ks;  // row pairs per block
+  const int slot = warp / ks, part = warp % ks;
   const int nvec = k * static_cast<int>(sizeof(T)) / 16;
+  const int cv = (nvec + ks - 1) / ks;
+  const int kb = min(nvec, part * cv), ke = min(nvec, kb + cv);
+  const int groups = (n + 2 * pb - 1) / (2 * pb);
   const T* w = static_cast<const T*>(p.w);
 
   uint4 wv[R][U];
@@ -475,67 +499,128 @@ __global__ void __launch_bounds__(kGemvThreads) GemvKernel(const GemvParams p) {
 #pragma unroll
       for (int u = 0; u < U; ++u) {
         const int idx = base + u * 32;
-        wv[r][u] = idx < nvec ? LoadWeight(wr + idx) : make_uint4(0, 0, 0, 0);
+        wv[r][u] = idx < ke ? LoadWeight(wr + idx) : make_uint4(0, 0, 0, 0);
       }
     }
   };
-  int row0 = (blockIdx.x * kGemvWarps + warp) * R;
-  if (row0 < n) load(row0, lane);
+  int g = blockIdx.x;
+  if (g < groups && (g * pb + slot) * R < n) load((g * pb + slot) * R, kb + lane);
   WaitPrior();
 
   const uint4* xv = reinterpret_cast<const uint4*>(p.x);
   if (kNorm) {
     T* xs = reinterpret_cast<T*>(gemv_smem);
-    const T* g = static_cast<const T*>(p.norm_w);
-    if (warp < M) {
-      const int src = p.row_map != nullptr ? p.row_map[warp] : warp;
-      const float* hr = p.norm_h + static_cast<int64_t>(src) * k;
+    const T* gw = static_cast<const T*>(p.norm_w);
+    const int k4 = k / 4;  // k * sizeof(T) % 16 == 0, so k % 4 == 0
+#pragma unroll
+    for (int mm = 0; mm < M; ++mm) {
+      const int src = p.row_map != nullptr ? p.row_map[mm] : mm;
+      const float4* hr = reinterpret_cast<const float4*>(p.norm_h + static_cast<int64_t>(src) * k);
       float ss = 0.f;
-      for (int kk = lane; kk < k; kk += 32) ss += hr[kk] * hr[kk];
+#pragma unroll 4
+      for (int i = threadIdx.x; i < k4; i += kGemvThreads) {
+        const float4 v = hr[i];
+        ss = fmaf(v.x, v.x, fmaf(v.y, v.y, fmaf(v.z, v.z, fmaf(v.w, v.w, ss))));
+      }
       ss = WarpSum(ss);
-      if (lane == 0) rms[warp] = rsqrtf(ss / static_cast<float>(k) + p.eps);
+      if (lane == 0) red[warp][mm] = ss;
     }
     __syncthreads();
-    for (int idx = threadIdx.x; idx < M * k; idx += kGemvThreads) {
-      const int mm = idx / k, kk = idx % k;
+    if (threadIdx.x < M) {
+      float ss = 0.f;
+#pragma unroll
+      for (int q = 0; q < kGemvWarps; ++q) ss += red[q][threadIdx.x];
+      rms[threadIdx.x] = rsqrtf(ss / static_cast<float>(k) + p.eps);
+    }
+    __syncthreads();
+    constexpr int EV = 16 / sizeof(T);  // elements per 16-byte chunk
+    for (int c = threadIdx.x; c < M * k / EV; c += kGemvThreads) {
+      const int mm = c * EV / k, kk = c * EV % k;
       const int src = p.row_map != nullptr ? p.row_map[mm] : mm;
-      xs[idx] = FromF<T>(p.norm_h[static_cast<int64_t>(src) * k + kk] * rms[mm] * ToF(g[kk]));
+      const float4* hr =
+          reinterpret_cast<const float4*>(p.norm_h + static_cast<int64_t>(src) * k + kk);
+      float hv[EV], gv[EV];
+#pragma unroll
+      for (int e = 0; e < EV / 4; ++e) {
+        const float4 v = hr[e];
+        hv[4 * e] = v.x;
+        hv[4 * e + 1] = v.y;
+        hv[4 * e + 2] = v.z;
+        hv[4 * e + 3] = v.w;
+      }
+      Unpack16(__ldg(reinterpret_cast<const uint4*>(gw + kk)), gv, T());
+      alignas(16) T o[EV];
+#pragma unroll
+      for (int e = 0; e < EV; ++e) o[e] = FromF<T>(hv[e] * rms[mm] * gv[e]);
+      *reinterpret_cast<uint4*>(xs + c * EV) = *reinterpret_cast<const uint4*>(o);
     }
     __syncthreads();
     xv = reinterpret_cast<const uint4*>(xs);
   }
 
+  const bool want_best = p.argmax_out != nullptr;
+  unsigned long long best[M];
+#pragma unroll
+  for (int mm = 0; mm < M; ++mm) best[mm] = 0;
   bool first = true;
-  for (; row0 < n; row0 += warps * R) {
-    if (!first) load(row0, lane);
-    first = false;
+  for (; g < groups; g += gridDim.x) {
+    const int row0 = (g * pb + slot) * R;
+    const bool active = row0 < n;
     float acc[R][M];
 #pragma unroll
     for (int r = 0; r < R; ++r) {
 #pragma unroll
       for (int mm = 0; mm < M; ++mm) acc[r][mm] = 0.f;
     }
-    for (int base = lane;;) {
+    if (active) {
+      if (!first) load(row0, kb + lane);
+      for (int base = kb + lane; base < ke;) {
 #pragma unroll
-      for (int u = 0; u < U; ++u) {
-        const int idx = base + u * 32;
-        if (idx < nvec) {
+        for (int u = 0; u < U; ++u) {
+          const int idx = base + u * 32;
+          if (idx < ke) {
 #pragma unroll
-          for (int mm = 0; mm < M; ++mm) {
-            const uint4 xx = kNorm ? xv[mm * nvec + idx] : __ldg(xv + static_cast<int64_t>(mm) * nvec + idx);
+            for (int mm = 0; mm < M; ++mm) {
+              const uint4 xx =
+                  kNorm ? xv[mm * nvec + idx] : __ldg(xv + static_cast<int64_t>(mm) * nvec + idx);
 #pragma unroll
-            for (int r = 0; r < R; ++r) acc[r][mm] = Dot16(wv[r][u], xx, acc[r][mm], T());
+              for (int r = 0; r < R; ++r) acc[r][mm] = Dot16(wv[r][u], xx, acc[r][mm], T());
+            }
           }
         }
+        base += 32 * U;
+        if (base >= ke) break;
+        load(row0, base);
       }
-      base += 32 * U;
-      if (base >= nvec) break;
-      load(row0, base);
+#pragma unroll
+      for (int r = 0; r < R; ++r) {
+#pragma unroll
+        for (int mm = 0; mm < M; ++mm) acc[r][mm] = WarpSum(acc[r][mm]);
+      }
     }
+    first = false;
+    if (ks > 1) {
+      __syncthreads();  // the previous group's partial sums are read
+      if (lane == 0) {
 #pragma unroll
-    for (int r = 0; r < R; ++r) {
+        for (int r = 0; r < R; ++r) {
 #pragma unroll
-      for (int mm = 0; mm < M; ++mm) acc[r][mm] = WarpSum(acc[r][mm]);
+          for (int mm = 0; mm < M; ++mm) red[warp][r * M + mm] = acc[r][mm];
+        }
+      }
+      __syncthreads();
+      if (part != 0 || !active) continue;
+#pragma unroll
+      for (int r = 0; r < R; ++r) {
+#pragma unroll
+        for (int mm = 0; mm < M; ++mm) {
+          float s = 0.f;
+          for (int q = 0; q < ks; ++q) s += red[slot * ks + q][r * M + mm];
+          acc[r][mm] = s;
+        }
+      }
+    } else if (!active) {
+      continue;
     }
     switch (p.epilogue) {
       case GemvEpilogue::kStoreF32:
@@ -550,6 +635,14 @@ __global__ void __launch_bounds__(kGemvThreads) GemvKernel(const GemvParams p) {
               float* o = out + static_cast<int64_t>(mm) * n + row0 + r;
               *o = add ? *o + acc[r][mm] : acc[r][mm];
             }
+          }
+        }
+        if (want_best) {
+#pragma unroll
+          for (int r = 0; r < R; ++r) {
+            if (row0 + r >= n) continue;
+#pragma unroll
+            for (int mm = 0; mm < M; ++mm) best[mm] = max(best[mm], ArgKey(acc[r][mm], row0 + r));
           }
         }
         break;
@@ -573,7 +666,7 @@ __global__ void __launch_bounds__(kGemvThreads) GemvKernel(const GemvParams p) {
         for (int mm = 0; mm < M; ++mm) {
           if (lane != mm) continue;
           const int pos = p.positions[mm];
-          const int64_t slot = p.slots[mm];
+          const int64_t slot_m = p.slots[mm];
           const float x1 = acc[0][mm], x2 = acc[1][mm];
           if (row0 < rotated) {
             const int head = row0 / D, i = (row0 % D) / 2;
@@ -586,13 +679,14 @@ __global__ void __launch_bounds__(kGemvThreads) GemvKernel(const GemvParams p) {
               qo[i + half] = y2;
             } else {
               T* kc = static_cast<T*>(p.k_cache) +
-                      ((slot * p.kv_heads + head - p.q_heads) * p.max_seq_len + pos) * D;
+                      ((slot_m * p.kv_heads + head - p.q_heads) * p.max_seq_len + pos) * D;
               kc[i] = FromF<T>(y1);
               kc[i + half] = FromF<T>(y2);
             }
           } else {
             const int v0 = row0 - rotated, kvh = v0 / D, d = v0 % D;
-            T* vc = static_cast<T*>(p.v_cache) + ((slot * p.kv_heads + kvh) * p.max_seq_len + pos) * D;
+            T* vc = static_cast<T*>(p.v_cache) +
+                    ((slot_m * p.kv_heads + kvh) * p.max_seq_len + pos) * D;
             vc[d] = FromF<T>(x1);
             vc[d + 1] = FromF<T>(x2);
           }
@@ -601,6 +695,34 @@ __global__ void __launch_bounds__(kGemvThreads) GemvKernel(const GemvParams p) {
       }
     }
   }
+
+  if (!want_best) return;
+  // The block's best per row, merged into the row's key with atomicMax; the last block to
+  // finish writes the ids and leaves the scratch zeroed for the next launch.
+  if (lane == 0) {
+#pragma unroll
+    for (int mm = 0; mm < M; ++mm) best_s[warp][mm] = best[mm];
+  }
+  __syncthreads();
+  auto* keys = static_cast<unsigned long long*>(p.argmax_scratch);
+  int* counter = reinterpret_cast<int*>(keys + M);
+  if (threadIdx.x < M) {
+    unsigned long long b = 0;
+#pragma unroll
+    for (int q = 0; q < kGemvWarps; ++q) b = max(b, best_s[q][threadIdx.x]);
+    if (b != 0) atomicMax(keys + threadIdx.x, b);
+    __threadfence();
+  }
+  __syncthreads();
+  if (threadIdx.x == 0) ticket = atomicAdd(counter, 1);
+  __syncthreads();
+  if (ticket != static_cast<int>(gridDim.x) - 1) return;
+  __threadfence();
+  if (threadIdx.x < M) {
+    const unsigned long long b = atomicExch(keys + threadIdx.x, 0ull);
+    p.argmax_out[threadIdx.x] = b == 0 ? 0 : static_cast<int32_t>(~static_cast<uint32_t>(b));
+  }
+  if (threadIdx.x == 0) *counter = 0;
 }
 
 // Blocks of GemvKernel<T, M> that fit on the device at once with `smem` bytes of dynamic
@@ -678,20 +800,50 @@ size_t GemvSmem(const GemvParams& p) {
   return p.norm_h != nullptr ? static_cast<size_t>(p.m) * p.k * ElemSize(p.type) : 0;
 }
 
+// The split-K factor ks (warps of a block on one row pair): the largest power of two that
+// keeps the launch in one wave of resident blocks, as long as every warp keeps at least one
+// 16-byte load per lane and row. So a small matrix (o, down, q/k/v at batch 1) still
+// spreads over every SM with all its weight loads issued at once, while a large one (gate/
+// up, the LM head) keeps ks = 1. SHARDVEC_GEMV_WAVES (waves allowed, default 1) and
+// SHARDVEC_GEMV_KSPLIT (1, 2, 4 or 8: forced) change the choice, for tuning runs.
+int GemvKSplit(int n, int nvec, int resident) {
+  static const int forced = [] {
+    const char* v = std::getenv("SHARDVEC_GEMV_KSPLIT");
+    const int f = v != nullptr ? std::atoi(v) : 0;
+    return f == 1 || f == 2 || f == 4 || f == 8 ? f : 0;
+  }();
+  static const int waves = [] {
+    const char* v = std::getenv("SHARDVEC_GEMV_WAVES");
+    const int w = v != nullptr ? std::atoi(v) : 0;
+    return w > 0 ? w : 1;
+  }();
+  if (forced > 0) return forced;
+  const int pairs = (n + 1) / 2;
+  int ks = 1;
+  while (ks < kGemvWarps) {
+    const int next = 2 * ks;
+    const int groups = (pairs + kGemvWarps / next - 1) / (kGemvWarps / next);
+    if (groups > waves * std::max(resident, 1) || nvec / next < 32) break;
+    ks = next;
+  }
+  return ks;
+}
+
 template <typename T, int M>
 cudaError_t LaunchGemvM(const GemvParams& p, cudaStream_t stream) {
   cudaError_t e = ConfigureGemv<T, M>();
   if (e != cudaSuccess) return e;
   const size_t smem = GemvSmem(p);
-  const int needed = (p.n + 2 * kGemvWarps - 1) / (2 * kGemvWarps);
-  if (p.norm_h != nullptr) {
-    const int resident = GemvResidentBlocks<T, M, true>(smem);
-    const dim3 grid(resident > 0 ? std::min(needed, resident) : needed);
-    return Launch(GemvKernel<T, M, true>, grid, dim3(kGemvThreads), smem, stream, p);
-  }
-  const int resident = GemvResidentBlocks<T, M, false>(0);
+  const int nvec = p.k * static_cast<int>(sizeof(T)) / 16;
+  const bool norm = p.norm_h != nullptr;
+  const int resident =
+      norm ? GemvResidentBlocks<T, M, true>(smem) : GemvResidentBlocks<T, M, false>(0);
+  const int ks = GemvKSplit(p.n, nvec, resident);
+  const int pb = kGemvWarps / ks;
+  const int needed = (p.n + 2 * pb - 1) / (2 * pb);
   const dim3 grid(resident > 0 ? std::min(needed, resident) : needed);
-  return Launch(GemvKernel<T, M, false>, grid, dim3(kGemvThreads), 0, stream, p);
+  if (norm) return Launch(GemvKernel<T, M, true>, grid, dim3(kGemvThreads), smem, stream, p, ks);
+  return Launch(GemvKernel<T, M, false>, grid, dim3(kGemvThreads), 0, stream, p, ks);
 }
 
 template <typename T>
@@ -1036,7 +1188,14 @@ bool GemvSupported(const GemvParams& p) {
       (p.y == nullptr && p.epilogue != GemvEpilogue::kQkvRope)) {
     return false;
   }
-  if (p.norm_h != nullptr) return p.norm_w != nullptr && GemvSmem(p) <= kGemvMaxSmem;
+  if (p.argmax_out != nullptr &&
+      (p.epilogue != GemvEpilogue::kStoreF32 || p.argmax_scratch == nullptr)) {
+    return false;
+  }
+  if (p.norm_h != nullptr) {
+    return p.norm_w != nullptr && Aligned16(p.norm_h) && Aligned16(p.norm_w) &&
+           GemvSmem(p) <= kGemvMaxSmem;
+  }
   return p.x != nullptr && Aligned16(p.x);
 }
 

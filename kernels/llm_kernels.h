@@ -117,7 +117,8 @@ enum class GemvEpilogue {
 };
 
 // Skinny GEMM y = x W^T for m <= kGemvMaxRows rows that reads each weight once with
-// 16-byte loads, on a grid of resident blocks.
+// 16-byte loads, on a grid of resident blocks; a small matrix's rows are split along k over
+// several warps of a block (a fixed-order reduction: the result does not depend on timing).
 //
 // Input: x (elements [m][k]), or, when norm_h is set, the RMS norm computed in the kernel:
 // x[i] = elem(h[src] * rsqrt(mean(h[src]^2) + eps) * norm_w) with src = row_map ? row_map[i]
@@ -141,6 +142,12 @@ struct GemvParams {
   float* q_out = nullptr;
   void* k_cache = nullptr;
   void* v_cache = nullptr;
+  // kStoreF32 only, optional: argmax_out[i] = ArgMax of y's row i (the same choice as
+  // ArgMax below), computed in the kernel instead of a separate pass. argmax_scratch
+  // holds ArgMaxScratchBytes(m) bytes, zeroed before the first call (calls leave it so; the
+  // same buffer may serve ArgMax).
+  int32_t* argmax_out = nullptr;
+  void* argmax_scratch = nullptr;
 };
 inline constexpr int kGemvMaxRows = 8;
 // Whether GemvEx takes these parameters (m, alignment, k a multiple of 16 bytes of

@@ -873,6 +873,17 @@ absl::Status CudaLlama::FinishStep(const StepShape& s, const int32_t* samples, b
   lm.norm_w = final_norm_.get();
   lm.y = logits_local_.get();
   if (residual_done && s.samples <= gemv_max_rows_ && kl::GemvSupported(lm)) {
+    if (tp_ == 1) {
+      // The greedy tokens in the LM head's epilogue: no separate argmax pass.
+      lm.argmax_out = next_.as<int32_t>();
+      lm.argmax_scratch = argmax_scratch_.get();
+      if (kl::GemvSupported(lm)) {
+        SV_CUDA(kl::GemvEx(lm, stream_), "Gemv lm_head");
+        return absl::OkStatus();
+      }
+      lm.argmax_out = nullptr;
+      lm.argmax_scratch = nullptr;
+    }
     SV_CUDA(kl::GemvEx(lm, stream_), "Gemv lm_head");
   } else {
     SV_CUDA(kl::AddRmsNorm(h, residual_done ? nullptr : delta_.as<float>(), samples, s.samples, H,

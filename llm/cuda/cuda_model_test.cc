@@ -389,6 +389,17 @@ TEST(LlmKernels, GemvMatchesReference) {
   }
   // Shapes it does not take are refused, so the caller falls back to cuBLAS.
   Buf w(64 * 64 * 4), x(9 * 64 * 4), y(9 * 64 * 4);
+  kl::GemvParams bad;
+  bad.w = w.get();
+  bad.type = kl::ElemType::kF32;
+  bad.n = bad.k = 64;
+  bad.m = 1;
+  bad.x = x.get();
+  bad.y = y.get();
+  bad.epilogue = kl::GemvEpilogue::kAddF32;
+  bad.argmax_out = x.get<int32_t>();
+  bad.argmax_scratch = y.get();
+  EXPECT_FALSE(kl::GemvSupported(bad)) << "argmax needs kStoreF32";
   EXPECT_EQ(kl::Gemv(w.get(), kl::ElemType::kF32, 64, 64, x.get(), 9, y.get(),
                      kl::GemvEpilogue::kStoreF32, nullptr),
             cudaErrorNotSupported);
@@ -541,6 +552,67 @@ TEST(LlmKernels, ArgMaxIsSampleTokensGreedyChoice) {
   }
   EXPECT_EQ(got[0], 17);
   EXPECT_EQ(got[1], 3000);
+}
+
+// The LM head's fused argmax: the ids ArgMax (SampleToken) picks from the logits the same
+// kernel wrote, over many blocks; ties between rows, NaN rows and an all-NaN input row.
+TEST(LlmKernels, GemvArgMaxIsSampleTokensGreedyChoice) {
+  SKIP_WITHOUT_GPU();
+  const uint64_t seed = FreshSeed();
+  SCOPED_TRACE(absl::StrCat("seed ", seed));
+  std::mt19937_64 rng(seed);
+  for (kl::ElemType t : kTypes) {
+    for (int m : {1, 2, 5}) {
+      const int n = 20001, k = 64;
+      // Small integer weights and inputs: exact sums, so many rows tie.
+      std::vector<float> wf(size_t(n) * k), xf(size_t(m) * k);
+      std::uniform_int_distribution<int> d(-2, 2);
+      for (float& v : wf) v = static_cast<float>(d(rng));
+      for (float& v : xf) v = static_cast<float>(d(rng));
+      for (int kk = 0; kk < k; ++kk) {
+        wf[size_t(15000) * k + kk] = wf[size_t(700) * k + kk] = 2.0f * (kk % 2 == 0 ? 1 : -1);
+      }
+      wf[size_t(9000) * k + 3] = NAN;  // a NaN logit in every row
+      if (m > 1) {
+        for (int kk = 0; kk < k; ++kk) xf[size_t(1) * k + kk] = NAN;  // every logit NaN
+      }
+      std::vector<float> w, x;
+      auto dw = Elems(wf, t, &w);
+      auto dx = Elems(xf, t, &x);
+      Buf y(size_t(m) * n * 4), ids(m * 4);
+      const size_t scratch_bytes = kl::ArgMaxScratchBytes(m);
+      Buf scratch(scratch_bytes);
+      cudaMemset(scratch.get(), 0, scratch_bytes);
+      kl::GemvParams p;
+      p.w = dw->get();
+      p.type = t;
+      p.n = n;
+      p.k = k;
+      p.m = m;
+      p.x = dx->get();
+      p.y = y.get();
+      p.argmax_out = ids.get<int32_t>();
+      p.argmax_scratch = scratch.get();
+      ASSERT_TRUE(kl::GemvSupported(p));
+      for (int rep = 0; rep < 2; ++rep) {  // the second call sees the scratch it left
+        ids.Poison(m * 4);
+        ASSERT_EQ(kl::GemvEx(p, nullptr), cudaSuccess);
+        ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+        const std::vector<float> logits = y.Get<float>(size_t(m) * n);
+        const std::vector<int32_t> got = ids.Get<int32_t>(m);
+        for (int i = 0; i < m; ++i) {
+          EXPECT_EQ(got[i], SampleToken(logits.data() + size_t(i) * n, n, SamplingParams{}))
+              << Name(t) << " m=" << m << " row " << i << " rep " << rep;
+        }
+        if (m > 1) {
+          EXPECT_EQ(got[1], 0) << "all NaN";
+        }
+        EXPECT_EQ(scratch.Get<int32_t>(scratch_bytes / 4),
+                  std::vector<int32_t>(scratch_bytes / 4, 0))
+            << "scratch left zeroed";
+      }
+    }
+  }
 }
 
 // ---------------------------------------------------------------- the model
