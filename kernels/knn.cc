@@ -354,27 +354,21 @@ absl::Status FlatSearchTf32(Context& ctx, const FlatData& db, const float* queri
   if (redo.empty()) return absl::OkStatus();
   const int64_t nr = static_cast<int64_t>(redo.size());
   float *rq = nullptr, *rd = nullptr;
-  int64_t* ri = nullptr;
+  int64_t *ri = nullptr, *rows = nullptr;
   if (auto s = temp.Alloc(nr * db.dim, &rq); !s.ok()) return s;
   if (auto s = temp.Alloc(nr * k, &rd); !s.ok()) return s;
   if (auto s = temp.Alloc(nr * k, &ri); !s.ok()) return s;
-  for (int64_t i = 0; i < nr; ++i) {
-    SV_CUDA(cudaMemcpyAsync(rq + i * db.dim, queries + redo[i] * db.dim, sizeof(float) * db.dim,
-                            cudaMemcpyDeviceToDevice, stream),
-            "gather");
-  }
+  if (auto s = temp.Alloc(nr, &rows); !s.ok()) return s;
+  // From pageable memory the copy has read `redo` by the time it returns.
+  SV_CUDA(cudaMemcpyAsync(rows, redo.data(), sizeof(int64_t) * nr, cudaMemcpyHostToDevice, stream),
+          "copy rows");
+  SV_CUDA(internal::CopyRows(queries, rows, rq, nullptr, nr, db.dim, stream), "gather");
   if (auto s = FlatTopK(ctx, db, rq, nr, k, Metric::kL2, /*tf32=*/false, rd, ri, nullptr, nullptr);
       !s.ok()) {
     return s;
   }
-  for (int64_t i = 0; i < nr; ++i) {
-    SV_CUDA(cudaMemcpyAsync(out_dist + redo[i] * k, rd + i * k, sizeof(float) * k,
-                            cudaMemcpyDeviceToDevice, stream),
-            "scatter");
-    SV_CUDA(cudaMemcpyAsync(out_ids + redo[i] * k, ri + i * k, sizeof(int64_t) * k,
-                            cudaMemcpyDeviceToDevice, stream),
-            "scatter");
-  }
+  SV_CUDA(internal::CopyRows(rd, nullptr, out_dist, rows, nr, k, stream), "scatter");
+  SV_CUDA(internal::CopyRows(ri, nullptr, out_ids, rows, nr, 2 * int64_t{k}, stream), "scatter");
   return absl::OkStatus();
 }
 

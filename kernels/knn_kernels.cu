@@ -1029,4 +1029,21 @@ cudaError_t Iota(int64_t* out, int64_t n, cudaStream_t stream) {
   return cudaGetLastError();
 }
 
+__global__ void CopyRowsKernel(const uint32_t* __restrict__ src, const int64_t* src_rows,
+                               uint32_t* __restrict__ dst, const int64_t* dst_rows,
+                               int64_t row_words) {
+  const int64_t i = blockIdx.x;
+  const uint32_t* from = src + (src_rows != nullptr ? src_rows[i] : i) * row_words;
+  uint32_t* to = dst + (dst_rows != nullptr ? dst_rows[i] : i) * row_words;
+  for (int64_t w = threadIdx.x; w < row_words; w += blockDim.x) to[w] = from[w];
+}
+
+cudaError_t CopyRows(const void* src, const int64_t* src_rows, void* dst, const int64_t* dst_rows,
+                     int64_t n, int64_t row_words, cudaStream_t stream) {
+  if (n == 0 || row_words == 0) return cudaSuccess;
+  CopyRowsKernel<<<static_cast<unsigned>(n), 128, 0, stream>>>(
+      static_cast<const uint32_t*>(src), src_rows, static_cast<uint32_t*>(dst), dst_rows, row_words);
+  return cudaGetLastError();
+}
+
 }  // namespace shardvec::kernels::internal

@@ -104,6 +104,11 @@ cudaError_t ToHalf(const float* in, int64_t n, void* out, cudaStream_t stream);
 // out[i] = i for i < n.
 cudaError_t Iota(int64_t* out, int64_t n, cudaStream_t stream);
 
+// Copies n rows of row_words 32-bit words: dst row dst_rows[i] (or i when dst_rows is
+// null) = src row src_rows[i] (or i when null). One launch instead of a copy per row.
+cudaError_t CopyRows(const void* src, const int64_t* src_rows, void* dst, const int64_t* dst_rows,
+                     int64_t n, int64_t row_words, cudaStream_t stream);
+
 }  // namespace shardvec::kernels::internal
 
 #endif  // SHARDVEC_KERNELS_LAUNCH_H_
