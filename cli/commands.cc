@@ -441,6 +441,46 @@ int SearchText(const std::string& router, const SearchOptions& o) {
 
 }  // namespace
 
+int Rag(const std::string& router, const RagOptions& o) {
+  v1::RagRequest req;
+  req.set_collection(o.collection);
+  req.set_question(o.question);
+  req.set_k(o.k);
+  req.set_embedder(o.embedder);
+  if (!o.query_vector_file.empty()) {
+    absl::StatusOr<FloatMatrix> q = ReadQueries(o.query_vector_file);
+    if (!q.ok()) return Fail(q.status());
+    if (q->rows < 1) return Fail(absl::InvalidArgumentError(absl::StrCat(o.query_vector_file, ": no vectors")));
+    req.mutable_query_vector()->Add(q->row(0), q->row(0) + q->dim);
+  }
+  v1::GenerationParams* g = req.mutable_generation();
+  g->set_max_tokens(static_cast<uint32_t>(std::max(o.max_tokens, 0)));
+  g->set_temperature(o.temperature);
+  g->set_top_p(o.top_p);
+  g->set_seed(o.seed);
+  grpc::ClientContext ctx;
+  SetDeadline(&ctx, absl::Minutes(30));
+  std::unique_ptr<grpc::ClientReader<v1::RagResponse>> stream = Connect(router)->Rag(&ctx, req);
+  v1::RagResponse r;
+  v1::RagResponse last;
+  while (stream->Read(&r)) {
+    std::fputs(r.text().c_str(), stdout);
+    std::fflush(stdout);
+    if (r.done()) last = r;
+  }
+  if (grpc::Status s = stream->Finish(); !s.ok()) {
+    std::printf("\n");
+    return Fail(s);
+  }
+  std::printf("\n\n(%s; %u prompt tokens, %u generated)\nSources:\n", last.finish_reason().c_str(),
+              last.prompt_tokens(), last.completion_tokens());
+  for (const v1::RagSource& src : last.sources()) {
+    std::printf("  [%u] %-10llu %.4f %s %s\n", src.number(), static_cast<unsigned long long>(src.id()),
+                src.distance(), src.cited() ? "cited" : "     ", Clip(src.text(), o.text_width).c_str());
+  }
+  return 0;
+}
+
 int Search(const std::string& router, const SearchOptions& o) {
   if (o.queries_file.empty() == o.texts.empty()) {
     return Fail(absl::InvalidArgumentError("give either --queries FILE or --text TEXT"));

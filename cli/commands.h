@@ -40,6 +40,19 @@ struct SearchOptions {
   std::string out_file;  // .ivecs; empty prints results
 };
 
+struct RagOptions {
+  std::string collection;
+  std::string question;
+  std::string query_vector_file;  // first row of a vector file; empty: the router embeds the question
+  std::string embedder;           // the embedder claim sent with --query-vector
+  int k = 4;
+  int max_tokens = 256;
+  float temperature = 0.0f;
+  float top_p = 1.0f;
+  uint64_t seed = 0;
+  int text_width = 160;
+};
+
 struct BenchOptions {
   std::string collection;
   std::string queries_file;
@@ -78,6 +91,9 @@ int Ingest(const std::string& router, const IngestOptions& options);
 // Creates a text collection (Flat, cosine, the built-in embedder fitted on WordNet's
 // synsets) unless it exists, then loads one record per synset, embedded by the router.
 int LoadWordNet(const std::string& router, const LoadWordNetOptions& options);
+// Streams the answer to stdout as it comes, then the numbered sources.
+int Rag(const std::string& router, const RagOptions& o);
+
 int Search(const std::string& router, const SearchOptions& options);
 int Bench(const std::string& router, const BenchOptions& options);
 int Status(const std::string& router);

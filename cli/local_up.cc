@@ -84,21 +84,43 @@ int LocalUp(const LocalUpOptions& o) {
                                 "); see ", logs, "/shard-", i, ".log"));
     }
   }
-  auto router = ChildProcess::Start({self, "router", "serve", "--port", std::to_string(o.port), "--data-dir",
-                                     (std::filesystem::path(dir) / "router").string(), "--shards",
-                                     absl::StrJoin(addresses, ",")},
-                                    absl::StrCat(logs, "/router.log"));
+  std::vector<std::string> router_args = {self, "router", "serve", "--port", std::to_string(o.port), "--data-dir",
+                                          (std::filesystem::path(dir) / "router").string(), "--shards",
+                                          absl::StrJoin(addresses, ",")};
+  std::unique_ptr<ChildProcess> generator;
+  std::string generator_address;
+  if (!o.generator_model.empty()) {
+    const int port = base + o.shards;
+    generator_address = absl::StrCat("127.0.0.1:", port);
+    auto child = ChildProcess::Start({self, "generator", "serve", "--model", o.generator_model, "--device",
+                                      o.generator_device, "--tp", std::to_string(o.generator_tp), "--port",
+                                      std::to_string(port)},
+                                     absl::StrCat(logs, "/generator.log"));
+    if (!child.ok()) return Error(std::string(child.status().message()));
+    generator = *std::move(child);
+    // Loading a model can take a while; the router can start meanwhile.
+    router_args.insert(router_args.end(), {"--generator", generator_address});
+  }
+  auto router = ChildProcess::Start(router_args, absl::StrCat(logs, "/router.log"));
   if (!router.ok()) return Error(std::string(router.status().message()));
   if (absl::StatusOr<std::string> line = (*router)->WaitForLine("ready", kStartTimeout); !line.ok()) {
     return Error(absl::StrCat("the router on 127.0.0.1:", o.port, " did not start (", line.status().message(),
                               "); see ", logs, "/router.log"));
   }
-  std::printf("shardvec local cluster ready: router 127.0.0.1:%d, %d shards (%s), data %s\n", o.port, o.shards,
-              absl::StrJoin(addresses, ",").c_str(), dir.c_str());
+  if (generator != nullptr) {
+    if (absl::StatusOr<std::string> line = generator->WaitForLine("ready", absl::Minutes(10)); !line.ok()) {
+      return Error(absl::StrCat("the generator on ", generator_address, " did not start (", line.status().message(),
+                                "); see ", logs, "/generator.log"));
+    }
+  }
+  std::printf("shardvec local cluster ready: router 127.0.0.1:%d, %d shards (%s)%s, data %s\n", o.port, o.shards,
+              absl::StrJoin(addresses, ",").c_str(),
+              generator != nullptr ? absl::StrCat(", generator ", generator_address).c_str() : "", dir.c_str());
   std::fflush(stdout);
 
   Supervise(router->get(), shards);
   (*router)->Stop();
+  if (generator != nullptr) generator->Stop();
   // Shards write index snapshots on the way down: give them time (at most a minute).
   for (auto& s : shards) s->Signal(SIGTERM);
   for (auto& s : shards) s->Stop(absl::Minutes(1));

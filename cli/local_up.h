@@ -12,6 +12,11 @@ struct LocalUpOptions {
   int shard_base_port = 0;     // 0: port + 1
   std::string data_dir;        // empty: a new temporary directory
   std::string gpus;            // each shard's --gpus; empty: the shard's default
+  // A checkpoint folder: also start `shardvec generator serve` on the port after the
+  // shards' and let the router answer Rag calls with it.
+  std::string generator_model;
+  std::string generator_device = "cpu";
+  int generator_tp = 1;
 };
 
 // Starts the shards, then the router; prints a line containing "ready"; stops every

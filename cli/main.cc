@@ -9,6 +9,7 @@
 #include "cli/commands.h"
 #include "cli/local_up.h"
 #include "common/server_util.h"
+#include "llm/service/generator_server.h"
 #include "router/router_server.h"
 #include "shard/shard_server.h"
 
@@ -40,6 +41,19 @@ int main(int argc, char** argv) {
   local_up->add_option("--shard-base-port", up.shard_base_port, "First shard port (default: --port + 1)");
   local_up->add_option("--data-dir", up.data_dir, "Cluster data directory (default: a new temporary one)");
   local_up->add_option("--gpus", up.gpus, "Every shard's --gpus (default: every visible GPU)");
+  local_up->add_option("--generator-model", up.generator_model,
+                       "Also serve this Hugging Face checkpoint folder for Rag calls");
+  local_up->add_option("--generator-device", up.generator_device, "cpu or cuda")->capture_default_str();
+  local_up->add_option("--generator-tp", up.generator_tp, "Tensor-parallel ranks of the generator")
+      ->capture_default_str();
+
+  // generator serve
+  shardvec::llm::GeneratorServerOptions generator_opts;
+  CLI::App* generator_cmd = app.add_subcommand("generator", "LLM generator server (proto/generator.proto)");
+  generator_cmd->require_subcommand(1);
+  CLI::App* generator_serve =
+      generator_cmd->add_subcommand("serve", "Serve a Llama-family checkpoint in the foreground");
+  shardvec::llm::AddGeneratorFlags(generator_serve, &generator_opts);
 
   // shard serve / router serve
   shardvec::shard::ShardServerOptions shard_opts;
@@ -81,6 +95,8 @@ int main(int argc, char** argv) {
                    "Merge the shards' results on the GPU for searches of at least this many queries (0: never)")
       ->capture_default_str()
       ->check(CLI::NonNegativeNumber);
+  router_serve->add_option("--generator", router_opts.generator,
+                           "A shardvec generator HOST:PORT that answers Rag calls");
 
   // collection
   shardvec::cli::CreateOptions create;
@@ -163,6 +179,23 @@ int main(int argc, char** argv) {
 
   CLI::App* status_cmd = app.add_subcommand("status", "Shards, slots and record counts");
 
+  shardvec::cli::RagOptions rag;
+  bool rag_embed = false;
+  CLI::App* rag_cmd = app.add_subcommand(
+      "rag", "Answer a question from a collection's passages (needs a router started with --generator)");
+  rag_cmd->add_option("name", rag.collection, "Collection name")->required();
+  rag_cmd->add_option("question", rag.question, "The question")->required();
+  CLI::Option* rag_vec = rag_cmd->add_option("--query-vector", rag.query_vector_file,
+                                             "The question's embedding: the first row of a vector file");
+  rag_cmd->add_flag("--embed", rag_embed, "Embed the question with the collection's built-in embedder (the default)")
+      ->excludes(rag_vec);
+  rag_cmd->add_option("--embedder", rag.embedder, "With --query-vector: the embedder that made it");
+  rag_cmd->add_option("--k", rag.k, "Passages to retrieve")->capture_default_str();
+  rag_cmd->add_option("--max-tokens", rag.max_tokens, "Most tokens to generate")->capture_default_str();
+  rag_cmd->add_option("--temperature", rag.temperature, "0: greedy")->capture_default_str();
+  rag_cmd->add_option("--top-p", rag.top_p, "Nucleus sampling mass")->capture_default_str();
+  rag_cmd->add_option("--seed", rag.seed, "Sampling seed")->capture_default_str();
+
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -175,6 +208,10 @@ int main(int argc, char** argv) {
   if (local_up->parsed()) return LocalUp(up);
   if (shard_serve->parsed()) return shardvec::shard::RunShardServer(shard_opts);
   if (router_serve->parsed()) return shardvec::router::RunRouterServer(router_opts);
+  if (generator_serve->parsed()) {
+    return shardvec::llm::RunGeneratorServer(generator_opts, argv[0], {"generator", "serve"});
+  }
+  if (rag_cmd->parsed()) return Rag(router, rag);
   if (create_cmd->parsed()) return CreateCollection(router, create);
   if (list_cmd->parsed()) return ListCollections(router);
   if (describe_cmd->parsed()) return DescribeCollection(router, collection_name);

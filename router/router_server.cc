@@ -42,6 +42,7 @@ absl::StatusOr<cluster::ClusterMap> LoadOrCreateMap(const RouterServerOptions& o
 int RunRouterServer(const RouterServerOptions& options) {
   RouterOptions service_options;
   service_options.gpu_merge_min_batch = options.gpu_merge_min_batch;
+  service_options.generator_address = options.generator;
   absl::StatusOr<cluster::ClusterMap> map = LoadOrCreateMap(options, &service_options.map_path);
   if (map.ok()) {
     if (absl::Status s = ValidateMap(*map); !s.ok()) map = s;

@@ -16,6 +16,8 @@ struct RouterServerOptions {
   std::vector<std::string> shards;
   // RouterOptions::gpu_merge_min_batch.
   int gpu_merge_min_batch = 1024;
+  // RouterOptions::generator_address (HOST:PORT of a shardvec-generator).
+  std::string generator;
 };
 
 // Prints "shardvec-router ready on HOST:PORT" on stdout once serving. Returns the

@@ -17,6 +17,7 @@
 #include "router/fan_out.h"
 #include "router/ingest.h"
 #include "router/merge.h"
+#include "router/rag.h"
 #include "router/split.h"
 #include "router/text.h"
 
@@ -79,6 +80,9 @@ RouterService::RouterService(cluster::ClusterMap map, RouterOptions options) : o
     gpu_merger_ = std::make_unique<GpuMerger>(GpuMergeOptions{});
     LogInfo("searches of %d or more queries merge on GPU %s", options_.gpu_merge_min_batch,
             kernels::DeviceDescription(0));
+  }
+  if (!options_.generator_address.empty()) {
+    generator_ = v1::Generator::NewStub(MakeChannel(options_.generator_address));
   }
   absl::MutexLock admin(&admin_mu_);
   auto topo = BuildTopology(std::move(map));
@@ -434,6 +438,71 @@ grpc::Status RouterService::Search(grpc::ServerContext* ctx, const v1::SearchReq
 
   MergeResults(answered, forward.queries_size(), forward.k(), spec->metric() != v1::L2, resp);
   if (embedder != nullptr) RescoreTextResults(*embedder, *req, resp);
+  return grpc::Status::OK;
+}
+
+grpc::Status RouterService::Rag(grpc::ServerContext* ctx, const v1::RagRequest* req,
+                                grpc::ServerWriter<v1::RagResponse>* writer) {
+  SHARDVEC_RETURN_IF_ERROR_GRPC(ValidateRagRequest(*req));
+  if (generator_ == nullptr) {
+    return grpc::Status(grpc::StatusCode::FAILED_PRECONDITION,
+                        "generator: this router was started without --generator");
+  }
+  // Retrieval: the same path as Search (text through the collection's embedder).
+  const v1::SearchRequest search = RagSearchRequest(*req);
+  v1::SearchResponse found;
+  grpc::Status s = Search(ctx, &search, &found);
+  if (!s.ok()) return s;
+  std::vector<RagPassage> passages;
+  v1::RagResponse last;
+  if (found.results_size() == 1) {
+    const v1::QueryResult& r = found.results(0);
+    for (int i = 0; i < r.ids_size(); ++i) {
+      const v1::Payload& p = r.payloads(i);
+      passages.push_back({r.ids(i), p.text()});
+      v1::RagSource* src = last.add_sources();
+      src->set_number(static_cast<uint32_t>(i + 1));
+      src->set_id(r.ids(i));
+      src->set_distance(r.distances(i));
+      src->set_text(p.text());
+      src->mutable_metadata()->insert(p.metadata().begin(), p.metadata().end());
+    }
+  }
+
+  // Generation: the client's cancellation and deadline carry over to the generator.
+  v1::GenerateRequest gen;
+  gen.set_prompt(BuildRagPrompt(req->question(), passages));
+  *gen.mutable_params() = req->generation();
+  std::unique_ptr<grpc::ClientContext> gctx = grpc::ClientContext::FromServerContext(*ctx);
+  std::unique_ptr<grpc::ClientReader<v1::GenerateResponse>> stream = generator_->Generate(gctx.get(), gen);
+  std::string answer;
+  v1::GenerateResponse piece;
+  while (stream->Read(&piece)) {
+    answer += piece.text();
+    v1::RagResponse out = piece.done() ? last : v1::RagResponse();
+    out.set_text(piece.text());
+    out.mutable_token_ids()->CopyFrom(piece.token_ids());
+    out.set_done(piece.done());
+    out.set_finish_reason(piece.finish_reason());
+    out.set_prompt_tokens(piece.prompt_tokens());
+    out.set_completion_tokens(piece.completion_tokens());
+    if (piece.done()) {
+      const std::vector<bool> cited = CitedSources(answer, passages.size());
+      for (size_t i = 0; i < cited.size(); ++i) out.mutable_sources(static_cast<int>(i))->set_cited(cited[i]);
+    }
+    if (!writer->Write(out)) {
+      gctx->TryCancel();
+      stream->Finish();
+      return grpc::Status(grpc::StatusCode::CANCELLED, "client cancelled");
+    }
+  }
+  grpc::Status g = stream->Finish();
+  if (!g.ok()) {
+    // The generator's own refusals (a prompt too long for its context, ...) keep their
+    // code; the message says where they came from.
+    return grpc::Status(g.error_code(),
+                        absl::StrCat("generator at ", options_.generator_address, ": ", g.error_message()));
+  }
   return grpc::Status::OK;
 }
 

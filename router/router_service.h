@@ -15,6 +15,7 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "proto/cluster.pb.h"
+#include "proto/generator.grpc.pb.h"
 #include "proto/shard.grpc.pb.h"
 #include "proto/shardvec.grpc.pb.h"
 #include "router/gpu_merge.h"
@@ -32,6 +33,9 @@ struct RouterOptions {
   // Searches of at least this many queries merge the shards' lists on the GPU when
   // the router has one (see gpu_merge.h); 0: always on the CPU.
   int gpu_merge_min_batch = 1024;
+  // The generator (proto/generator.proto) that answers Rag calls; empty: Rag is
+  // refused with FAILED_PRECONDITION.
+  std::string generator_address;
 };
 
 struct ShardConn {
@@ -81,6 +85,8 @@ class RouterService final : public v1::ShardVec::Service {
   grpc::Status Get(grpc::ServerContext* ctx, const v1::GetRequest* req, v1::GetResponse* resp) override;
   grpc::Status Search(grpc::ServerContext* ctx, const v1::SearchRequest* req,
                       v1::SearchResponse* resp) override;
+  grpc::Status Rag(grpc::ServerContext* ctx, const v1::RagRequest* req,
+                   grpc::ServerWriter<v1::RagResponse>* writer) override;
   grpc::Status Ingest(grpc::ServerContext* ctx, grpc::ServerReader<v1::IngestRequest>* reader,
                       v1::IngestResponse* resp) override;
   grpc::Status Train(grpc::ServerContext* ctx, grpc::ServerReader<v1::TrainRequest>* reader,
@@ -140,6 +146,8 @@ class RouterService final : public v1::ShardVec::Service {
   const RouterOptions options_;
   // Null without a CUDA device or with gpu_merge_min_batch 0.
   std::unique_ptr<GpuMerger> gpu_merger_;
+  // Null without RouterOptions::generator_address.
+  std::unique_ptr<v1::Generator::Stub> generator_;
   absl::once_flag gpu_merge_error_logged_;
   absl::Mutex write_gate_;
   absl::Mutex admin_mu_;

@@ -124,8 +124,10 @@ absl::StatusOr<std::unique_ptr<ChildProcess>> TestCluster::StartShard(int i, con
 }
 
 absl::StatusOr<std::unique_ptr<TestCluster>> TestCluster::Start(int num_shards, const std::string& data_dir,
-                                                                const std::vector<std::string>& shard_args) {
+                                                                const std::vector<std::string>& shard_args,
+                                                                const std::vector<std::string>& router_args) {
   std::unique_ptr<TestCluster> c(new TestCluster());
+  c->router_args_ = router_args;
   const std::string binary = ShardvecBinary();
   c->data_dir_ = data_dir;
   c->shard_args_ = shard_args;
@@ -141,10 +143,11 @@ absl::StatusOr<std::unique_ptr<TestCluster>> TestCluster::Start(int num_shards, 
     if (!line.ok()) return line.status();
     c->shard_addresses_.push_back(AddressOf(*line));
   }
-  auto router = ChildProcess::Start({binary, "router", "serve", "--port", "0", "--data-dir",
-                                     absl::StrCat(data_dir, "/router"), "--shards",
-                                     absl::StrJoin(c->shard_addresses_, ",")},
-                                    absl::StrCat(data_dir, "/router.log"));
+  std::vector<std::string> argv = {binary, "router", "serve", "--port", "0", "--data-dir",
+                                   absl::StrCat(data_dir, "/router"), "--shards",
+                                   absl::StrJoin(c->shard_addresses_, ",")};
+  argv.insert(argv.end(), router_args.begin(), router_args.end());
+  auto router = ChildProcess::Start(argv, absl::StrCat(data_dir, "/router.log"));
   if (!router.ok()) return router.status();
   c->router_ = *std::move(router);
   absl::StatusOr<std::string> line = c->router_->WaitForLine("ready", kStartTimeout);
@@ -165,9 +168,10 @@ absl::Status TestCluster::RestartShard(int i) {
 absl::Status TestCluster::RestartRouter() {
   router_->Stop();
   const std::string port = router_address_.substr(router_address_.rfind(':') + 1);
-  auto child = ChildProcess::Start({ShardvecBinary(), "router", "serve", "--port", port, "--data-dir",
-                                    absl::StrCat(data_dir_, "/router")},
-                                   absl::StrCat(data_dir_, "/router.log"));
+  std::vector<std::string> argv = {ShardvecBinary(), "router", "serve", "--port", port, "--data-dir",
+                                   absl::StrCat(data_dir_, "/router")};
+  argv.insert(argv.end(), router_args_.begin(), router_args_.end());
+  auto child = ChildProcess::Start(argv, absl::StrCat(data_dir_, "/router.log"));
   if (!child.ok()) return child.status();
   router_ = *std::move(child);
   return router_->WaitForLine("ready", kStartTimeout).status();

@@ -51,7 +51,8 @@ class TestCluster {
  public:
   // `shard_args` are added to every `shardvec shard serve` command line.
   static absl::StatusOr<std::unique_ptr<TestCluster>> Start(int num_shards, const std::string& data_dir,
-                                                            const std::vector<std::string>& shard_args = {});
+                                                            const std::vector<std::string>& shard_args = {},
+                                                            const std::vector<std::string>& router_args = {});
 
   const std::string& router_address() const { return router_address_; }
   const std::string& shard_address(int i) const { return shard_addresses_[i]; }
@@ -76,6 +77,7 @@ class TestCluster {
   std::vector<std::string> shard_dirs_;
   std::string data_dir_;
   std::vector<std::string> shard_args_;
+  std::vector<std::string> router_args_;
   std::unique_ptr<ChildProcess> router_;
   std::string router_address_;
 };

@@ -21,7 +21,8 @@ def cc_grpc_library(name, srcs, deps = [], grpc = True, visibility = None):
             plugin + ["$(locations %s)" % s for s in srcs],
         ),
     )
-    native.filegroup(name = name + "_protos", srcs = srcs, visibility = visibility)
+    # Transitive: a proto that imports this one also needs what this one imports.
+    native.filegroup(name = name + "_protos", srcs = srcs + [d + "_protos" for d in deps], visibility = visibility)
     native.cc_library(
         name = name,
         srcs = cc_srcs,
