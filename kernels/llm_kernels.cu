@@ -213,11 +213,13 @@ __global__ void __launch_bounds__(kAttnThreads)
     AttentionKernel(const float* __restrict__ q, const AttnTile* __restrict__ tiles,
                     AttnShape shape, const T* __restrict__ k_cache, const T* __restrict__ v_cache,
                     int split_len, int max_splits, float scale, float* __restrict__ partial,
-                    int32_t* __restrict__ counters, T* __restrict__ out) {
+                    int32_t* __restrict__ counters, T* __restrict__ out, bool older_ready) {
   extern __shared__ float smem[];
   __shared__ int ticket;
   AllowNext();
-  WaitPrior();
+  // The tiles come from the step's input copy, which completed before the step's first
+  // kernel, so they (and, with older_ready, the keys before each tile's first position,
+  // written by earlier steps) may be read before waiting on the q/k/v projection.
   const int D = shape.head_dim;
   const AttnTile tile = tiles[blockIdx.x];
   const int kvh = blockIdx.y;
@@ -225,7 +227,6 @@ __global__ void __launch_bounds__(kAttnThreads)
   const int pos_last = tile.pos_begin + tile.n_rows - 1;
   const int key_begin = split * split_len;
   const int key_end = min(key_begin + split_len, pos_last + 1);
-  if (key_begin >= key_end) return;
 
   const int group = shape.q_heads / shape.kv_heads;
   const int nv = tile.n_rows * group;
@@ -234,32 +235,17 @@ __global__ void __launch_bounds__(kAttnThreads)
   float* vs = ks + kKeyChunk * (D + 1);           // [kKeyChunk][D]
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int qstride = shape.q_heads * D;
-  for (int idx = tid; idx < nv * D; idx += kAttnThreads) {
-    const int v = idx / D, d = idx % D;
-    const int row = tile.row_begin + v / group, head = kvh * group + v % group;
-    qs[idx] = q[static_cast<int64_t>(row) * qstride + head * D + d] * scale;
-  }
   const int64_t cache_base =
       (static_cast<int64_t>(tile.slot) * shape.kv_heads + kvh) * shape.max_seq_len;
-
-  float m[kAttnPerWarp], l[kAttnPerWarp], acc[kAttnPerWarp][E];
-#pragma unroll
-  for (int j = 0; j < kAttnPerWarp; ++j) {
-    m[j] = -INFINITY;
-    l[j] = 0.f;
-#pragma unroll
-    for (int e = 0; e < E; ++e) acc[j][e] = 0.f;
-  }
-
-  for (int k0 = key_begin; k0 < key_end; k0 += kKeyChunk) {
-    const int nk = min(kKeyChunk, key_end - k0);
-    __syncthreads();  // the previous chunk is no longer read (and qs is complete)
+  // Keys j in [jlo, jhi) of the chunk at k0 (nk valid keys, zeros past them) to shared memory.
+  auto load_chunk = [&](int k0, int nk, int jlo, int jhi) {
     const T* kc = k_cache + (cache_base + k0) * D;
     const T* vc = v_cache + (cache_base + k0) * D;
     constexpr int EV = 16 / sizeof(T);  // elements per 16-byte load
     if (D % EV == 0) {
       for (int idx = tid; idx < kKeyChunk * D / EV; idx += kAttnThreads) {
         const int e0 = idx * EV, j = e0 / D, d = e0 % D;
+        if (j < jlo || j >= jhi) continue;
         float kf[EV], vf[EV];
         if (j < nk) {
           Unpack16(*reinterpret_cast<const uint4*>(kc + e0), kf, T());
@@ -277,11 +263,40 @@ __global__ void __launch_bounds__(kAttnThreads)
     } else {
       for (int idx = tid; idx < kKeyChunk * D; idx += kAttnThreads) {
         const int j = idx / D, d = idx % D;
+        if (j < jlo || j >= jhi) continue;
         const bool in = j < nk;
         ks[j * (D + 1) + d] = in ? ToF(kc[idx]) : 0.f;
         vs[idx] = in ? ToF(vc[idx]) : 0.f;
       }
     }
+  };
+  // Keys of the first chunk already in the cache before this step: loaded before the wait.
+  const int pre = older_ready && key_begin < key_end
+                      ? max(0, min(min(kKeyChunk, key_end - key_begin), tile.pos_begin - key_begin))
+                      : 0;
+  if (pre > 0) load_chunk(key_begin, min(kKeyChunk, key_end - key_begin), 0, pre);
+  WaitPrior();
+  if (key_begin >= key_end) return;
+
+  for (int idx = tid; idx < nv * D; idx += kAttnThreads) {
+    const int v = idx / D, d = idx % D;
+    const int row = tile.row_begin + v / group, head = kvh * group + v % group;
+    qs[idx] = q[static_cast<int64_t>(row) * qstride + head * D + d] * scale;
+  }
+
+  float m[kAttnPerWarp], l[kAttnPerWarp], acc[kAttnPerWarp][E];
+#pragma unroll
+  for (int j = 0; j < kAttnPerWarp; ++j) {
+    m[j] = -INFINITY;
+    l[j] = 0.f;
+#pragma unroll
+    for (int e = 0; e < E; ++e) acc[j][e] = 0.f;
+  }
+
+  for (int k0 = key_begin; k0 < key_end; k0 += kKeyChunk) {
+    const int nk = min(kKeyChunk, key_end - k0);
+    __syncthreads();  // the previous chunk is no longer read (and qs is complete)
+    load_chunk(k0, nk, k0 == key_begin ? pre : 0, kKeyChunk);
     __syncthreads();
 #pragma unroll
     for (int j = 0; j < kAttnPerWarp; ++j) {
@@ -446,6 +461,16 @@ constexpr int kGemvWarps = 8;
 constexpr int kGemvThreads = kGemvWarps * 32;
 constexpr int kGemvUnroll = 4;
 constexpr int kGemvMaxSmem = 96 * 1024;  // the fused norm's x rows
+constexpr int kGemvDeferredNorm = 2;  // GemvKernel flags: the norm's scale in the epilogue
+
+// SHARDVEC_GEMV_FLAGS overrides the flags (tuning runs; 0: the two-pass norm prologue).
+int GemvFlags() {
+  static const int flags = [] {
+    const char* v = std::getenv("SHARDVEC_GEMV_FLAGS");
+    return v != nullptr && *v != '\0' ? std::atoi(v) : kGemvDeferredNorm;
+  }();
+  return flags;
+}
 
 // The fused LM-head argmax: a (value, id) candidate as one 64-bit key whose unsigned order
 // is llm::SampleToken's greedy order (a larger number wins, ties go to the lower id, a NaN
@@ -470,7 +495,7 @@ __device__ __forceinline__ unsigned long long ArgKey(float v, int id) {
 // block first writes the normalised x rows into shared memory (all threads: one pass for
 // the sums of squares, one, from L1, for x). x is read through generic loads.
 template <typename T, int M, bool kNorm>
-__global__ void __launch_bounds__(kGemvThreads) GemvKernel(const GemvParams p, int ks) {
+__global__ void __launch_bounds__(kGemvThreads) GemvKernel(const GemvParams p, int ks, int flags) {
   // Few rows: more weight loads in flight per lane (a whole 2048-wide row pair of a warp
   // prefetched before the wait).
   constexpr int R = 2, U = M <= 2 ? 2 * kGemvUnroll : kGemvUnroll;
@@ -508,7 +533,58 @@ __global__ void __launch_bounds__(kGemvThreads) GemvKernel(const GemvParams p, i
   WaitPrior();
 
   const uint4* xv = reinterpret_cast<const uint4*>(p.x);
-  if (kNorm) {
+  // The fused norm. Deferred (the default): one pass writes elem(h * norm_w) to shared
+  // memory and sums the squares; each row's rsqrt scale multiplies the dot products in the
+  // epilogue, so only one block barrier stands between the wait and the weight math.
+  float rsc[M];
+#pragma unroll
+  for (int mm = 0; mm < M; ++mm) rsc[mm] = 1.f;
+  const bool deferred = (flags & kGemvDeferredNorm) != 0;
+  if (kNorm && deferred) {
+    T* xs = reinterpret_cast<T*>(gemv_smem);
+    const T* gw = static_cast<const T*>(p.norm_w);
+    constexpr int EV = 16 / sizeof(T);  // elements per 16-byte chunk
+    const int kc = k / EV;
+#pragma unroll
+    for (int mm = 0; mm < M; ++mm) {
+      const int src = p.row_map != nullptr ? p.row_map[mm] : mm;
+      const float* hr = p.norm_h + static_cast<int64_t>(src) * k;
+      float ss = 0.f;
+      for (int c = threadIdx.x; c < kc; c += kGemvThreads) {
+        const float4* hv4 = reinterpret_cast<const float4*>(hr + c * EV);
+        float hv[EV], gv[EV];
+#pragma unroll
+        for (int e = 0; e < EV / 4; ++e) {
+          const float4 v = hv4[e];
+          hv[4 * e] = v.x;
+          hv[4 * e + 1] = v.y;
+          hv[4 * e + 2] = v.z;
+          hv[4 * e + 3] = v.w;
+        }
+        Unpack16(__ldg(reinterpret_cast<const uint4*>(gw + c * EV)), gv, T());
+        alignas(16) T o[EV];
+#pragma unroll
+        for (int e = 0; e < EV; ++e) {
+          ss = fmaf(hv[e], hv[e], ss);
+          o[e] = FromF<T>(hv[e] * gv[e]);
+        }
+        *reinterpret_cast<uint4*>(xs + mm * k + c * EV) = *reinterpret_cast<const uint4*>(o);
+      }
+      ss = WarpSum(ss);
+      if (lane == 0) red[warp][mm] = ss;
+    }
+    __syncthreads();
+#pragma unroll
+    for (int mm = 0; mm < M; ++mm) {
+      float ss = 0.f;
+#pragma unroll
+      for (int q = 0; q < kGemvWarps; ++q) ss += red[q][mm];
+      rsc[mm] = rsqrtf(ss / static_cast<float>(k) + p.eps);
+    }
+    xv = reinterpret_cast<const uint4*>(xs);
+    // red is written again only after the loop's first __syncthreads (ks > 1), which
+    // every thread reaches after reading it here.
+  } else if (kNorm) {
     T* xs = reinterpret_cast<T*>(gemv_smem);
     const T* gw = static_cast<const T*>(p.norm_w);
     const int k4 = k / 4;  // k * sizeof(T) % 16 == 0, so k % 4 == 0
@@ -621,6 +697,13 @@ __global__ void __launch_bounds__(kGemvThreads) GemvKernel(const GemvParams p, i
       }
     } else if (!active) {
       continue;
+    }
+    if (kNorm && deferred) {
+#pragma unroll
+      for (int r = 0; r < R; ++r) {
+#pragma unroll
+        for (int mm = 0; mm < M; ++mm) acc[r][mm] *= rsc[mm];
+      }
     }
     switch (p.epilogue) {
       case GemvEpilogue::kStoreF32:
@@ -842,8 +925,11 @@ cudaError_t LaunchGemvM(const GemvParams& p, cudaStream_t stream) {
   const int pb = kGemvWarps / ks;
   const int needed = (p.n + 2 * pb - 1) / (2 * pb);
   const dim3 grid(resident > 0 ? std::min(needed, resident) : needed);
-  if (norm) return Launch(GemvKernel<T, M, true>, grid, dim3(kGemvThreads), smem, stream, p, ks);
-  return Launch(GemvKernel<T, M, false>, grid, dim3(kGemvThreads), 0, stream, p, ks);
+  const int flags = GemvFlags();
+  if (norm) {
+    return Launch(GemvKernel<T, M, true>, grid, dim3(kGemvThreads), smem, stream, p, ks, flags);
+  }
+  return Launch(GemvKernel<T, M, false>, grid, dim3(kGemvThreads), 0, stream, p, ks, flags);
 }
 
 template <typename T>
@@ -1059,7 +1145,7 @@ template <typename T, int E>
 cudaError_t LaunchAttention(const float* q, const AttnTile* tiles, int n_tiles,
                             const AttnShape& shape, const void* k_cache, const void* v_cache,
                             int split_len, int max_splits, float* partial, int32_t* counters,
-                            void* out, cudaStream_t stream) {
+                            void* out, cudaStream_t stream, bool older_ready) {
   const size_t smem = AttnSmemBytes(shape.head_dim);
   const cudaError_t e = ConfigureAttention<T, E>();
   if (e != cudaSuccess) return e;
@@ -1067,28 +1153,29 @@ cudaError_t LaunchAttention(const float* q, const AttnTile* tiles, int n_tiles,
   return Launch(AttentionKernel<T, E>, dim3(n_tiles, shape.kv_heads, max_splits),
                 dim3(kAttnThreads), smem, stream, q, tiles, shape,
                 static_cast<const T*>(k_cache), static_cast<const T*>(v_cache), split_len,
-                max_splits, scale, partial, counters, static_cast<T*>(out));
+                max_splits, scale, partial, counters, static_cast<T*>(out), older_ready);
 }
 
 template <typename T>
 cudaError_t AttentionT(const float* q, const AttnTile* tiles, int n_tiles, const AttnShape& shape,
                        const void* k_cache, const void* v_cache, int split_len, int max_splits,
-                       float* partial, int32_t* counters, void* out, cudaStream_t stream) {
+                       float* partial, int32_t* counters, void* out, cudaStream_t stream,
+                       bool older_ready) {
   const int D = shape.head_dim;
   if (D <= 32) {
     return LaunchAttention<T, 1>(q, tiles, n_tiles, shape, k_cache, v_cache, split_len, max_splits,
-                                 partial, counters, out, stream);
+                                 partial, counters, out, stream, older_ready);
   }
   if (D <= 64) {
     return LaunchAttention<T, 2>(q, tiles, n_tiles, shape, k_cache, v_cache, split_len, max_splits,
-                                 partial, counters, out, stream);
+                                 partial, counters, out, stream, older_ready);
   }
   if (D <= 128) {
     return LaunchAttention<T, 4>(q, tiles, n_tiles, shape, k_cache, v_cache, split_len, max_splits,
-                                 partial, counters, out, stream);
+                                 partial, counters, out, stream, older_ready);
   }
   return LaunchAttention<T, 8>(q, tiles, n_tiles, shape, k_cache, v_cache, split_len, max_splits,
-                               partial, counters, out, stream);
+                               partial, counters, out, stream, older_ready);
 }
 
 }  // namespace
@@ -1155,7 +1242,7 @@ bool AttentionSupported(const AttnShape& s) {
 cudaError_t Attention(const float* q, const AttnTile* tiles, int n_tiles, const AttnShape& shape,
                       const void* k_cache, const void* v_cache, ElemType cache_type, int split_len,
                       int max_splits, float* partial, int32_t* counters, void* out,
-                      cudaStream_t stream) {
+                      cudaStream_t stream, bool older_ready) {
   if (n_tiles <= 0) return cudaSuccess;
   if (!AttentionSupported(shape) || split_len <= 0 || max_splits <= 0 ||
       (max_splits > 1 && (partial == nullptr || counters == nullptr))) {
@@ -1163,10 +1250,10 @@ cudaError_t Attention(const float* q, const AttnTile* tiles, int n_tiles, const 
   }
   if (cache_type == ElemType::kBF16) {
     return AttentionT<__nv_bfloat16>(q, tiles, n_tiles, shape, k_cache, v_cache, split_len,
-                                     max_splits, partial, counters, out, stream);
+                                     max_splits, partial, counters, out, stream, older_ready);
   }
   return AttentionT<float>(q, tiles, n_tiles, shape, k_cache, v_cache, split_len, max_splits,
-                           partial, counters, out, stream);
+                           partial, counters, out, stream, older_ready);
 }
 
 cudaError_t SwiGlu(const float* gu, int rows, int inter, void* out, ElemType t,

@@ -97,11 +97,13 @@ inline int AttnTileRows(const AttnShape& s) {
 // block of a (tile, kv head) to finish combines the splits, so no second pass runs.
 // Positions beyond max_splits * split_len are an error of the caller. With
 // max_splits > 1, partial must hold rows * q_heads * max_splits * (head_dim + 2) floats
-// and counters n_tiles * kv_heads zeroed ints (they are left zeroed).
+// and counters n_tiles * kv_heads zeroed ints (they are left zeroed). older_ready: every
+// tile's slot has no other tile in this call, so its keys before pos_begin were written by
+// earlier launches and are loaded before waiting on the kernel that writes q (PDL).
 cudaError_t Attention(const float* q, const AttnTile* tiles, int n_tiles, const AttnShape& shape,
                       const void* k_cache, const void* v_cache, ElemType cache_type, int split_len,
                       int max_splits, float* partial, int32_t* counters, void* out,
-                      cudaStream_t stream);
+                      cudaStream_t stream, bool older_ready = false);
 // Whether Attention supports this shape (head_dim, group size).
 bool AttentionSupported(const AttnShape& shape);
 

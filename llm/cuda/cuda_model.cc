@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <map>
 #include <utility>
@@ -127,6 +128,9 @@ struct StepShape {
   int samples = 0;
   int split_len = 0;
   int max_splits = 1;
+  // Every tile's slot appears in no other tile: attention loads the older keys before
+  // waiting on the q/k/v projection (SHARDVEC_ATTN_PREFETCH=0 turns that off).
+  bool older_ready = false;
 };
 
 constexpr int kSplitRowsMax = 256;      // rows above which attention never splits the keys
@@ -640,7 +644,21 @@ absl::Status CudaLlama::RunStep(const ForwardBatch& b, std::vector<int32_t>* nex
   }
   const int samples = graph ? bucket : ns;
   SV_RETURN_IF_ERROR(EnsureCapacity(rows, std::max(samples, 1)));
-  const StepShape shape = ShapeFor(rows, static_cast<int>(tiles.size()), samples);
+  StepShape shape = ShapeFor(rows, static_cast<int>(tiles.size()), samples);
+  static const bool attn_prefetch = [] {
+    const char* v = std::getenv("SHARDVEC_ATTN_PREFETCH");
+    return v == nullptr || std::atoi(v) != 0;
+  }();
+  if (attn_prefetch) {
+    // Graph steps have distinct slots (their padding tiles all start at position 0).
+    shape.older_ready = true;
+    if (!graph) {
+      std::vector<int32_t> seen;
+      for (const kl::AttnTile& t : tiles) seen.push_back(t.slot);
+      std::sort(seen.begin(), seen.end());
+      shape.older_ready = std::adjacent_find(seen.begin(), seen.end()) == seen.end();
+    }
+  }
 
   // Inputs: tokens | positions | slots | tiles | sample rows, one copy.
   int32_t* in = h_in_.as<int32_t>();
@@ -781,7 +799,7 @@ absl::Status CudaLlama::Enqueue(const StepShape& s) {
     return CudaStatus(kl::Attention(q_.as<float>(), tiles, s.tiles, ashape, l.k_cache.get(),
                                     l.v_cache.get(), et_, s.split_len, s.max_splits,
                                     partial_.as<float>(), counters_.as<int32_t>(), attn_.get(),
-                                    stream_),
+                                    stream_, s.older_ready),
                       "Attention");
   };
 

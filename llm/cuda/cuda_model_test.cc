@@ -807,6 +807,33 @@ TEST(CudaModel, TensorParallelTwoRanksOnOneGpuMatchesOneRank) {
   }
 }
 
+// NCCL refuses two ranks on one GPU, so on a one-GPU machine the NCCL path runs with
+// T = 1: the collectives through NCCL proper, and a model driven through them.
+TEST(CudaModel, NcclCommunicatorWithOneRank) {
+  SKIP_WITHOUT_GPU();
+  absl::StatusOr<std::string> id = NewNcclId();
+  ASSERT_TRUE(id.ok()) << id.status();
+  auto comm = NcclCommunicator::Create(0, 1, *id, 0);
+  ASSERT_TRUE(comm.ok()) << comm.status();
+  const std::vector<float> values = {1.5f, -2.0f, 3.25f, 1e-3f};
+  auto buf = Buf::Of(values);
+  ASSERT_TRUE((*comm)->AllReduceSum(buf->get(), values.size(), CommType::kFloat32, nullptr).ok());
+  EXPECT_EQ(buf->Get<float>(values.size()), values);
+  Buf gathered(values.size() * sizeof(float));
+  ASSERT_TRUE(
+      (*comm)->AllGather(buf->get(), gathered.get(), values.size(), CommType::kFloat32, nullptr).ok());
+  EXPECT_EQ(gathered.Get<float>(values.size()), values);
+  std::vector<int32_t> header = {7, 8, 9};
+  ASSERT_TRUE((*comm)->BroadcastHost(header.data(), header.size() * sizeof(int32_t), 0).ok());
+  EXPECT_EQ(header, (std::vector<int32_t>{7, 8, 9}));
+
+  const nlohmann::json ref = Expected("tiny_llama");
+  auto m = LoadCuda("tiny_llama", CudaDType::kF32, true, comm->get());
+  ASSERT_NE(m, nullptr);
+  const auto& g = ref["greedy"][0];
+  EXPECT_EQ(Greedy(m.get(), Ids(g["prompt"]), 64), Ids(g["tokens"]));
+}
+
 // Sequences fed in one model as an engine would (chunked prefill mixed with decodes of
 // others) each get the tokens they get alone.
 TEST(CudaModel, ContinuousBatchingGivesEachSequenceItsTokensAlone) {
