@@ -1048,6 +1048,11 @@ __global__ void __launch_bounds__(kArgMaxThreads)
   for (int j = threadIdx.x; j < chunks; j += blockDim.x) {
     const float v = __ldcg(part_v + row * chunks + j);
     const int i = __ldcg(part_i + row * chunks + j);
+    // Left zeroed like the counters: the fused LM-head argmax (GemvKernel) keeps its keys
+    // and counter in the same scratch, and a stale partial there read as a key and a
+    // counter that never reaches the grid size (so its ids were never written).
+    part_v[row * chunks + j] = 0.f;
+    part_i[row * chunks + j] = 0;
     if (Beats(v, i, bv, bi)) {
       bv = v;
       bi = i;

@@ -19,6 +19,7 @@
 #include <random>
 #include <string>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
@@ -418,8 +419,10 @@ TEST(LlmKernels, FusedGemvModesMatchTheUnfusedKernels) {
   std::mt19937_64 rng(seed);
   for (kl::ElemType t : kTypes) {
     const double tol = t == kl::ElemType::kF32 ? 1e-5 : 2e-3;
+    // k = 32 and 48 (f32: fewer 16-byte loads than lanes) as in the tiny fixtures.
+    for (int k : {256, 32, 48, 64})
     for (int m : {1, 3, 8}) {
-      const int k = 256, n = 96, hrows = 10;
+      const int n = 96, hrows = 10;
       std::vector<float> w, g;
       auto dw = Elems(Random(size_t(n) * k, rng, 0.05f), t, &w);
       auto dg = Elems(Random(k, rng), t, &g);
@@ -462,11 +465,14 @@ TEST(LlmKernels, FusedGemvModesMatchTheUnfusedKernels) {
       ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
       std::vector<double> added(want.size());
       for (size_t i = 0; i < want.size(); ++i) added[i] = want[i] + y0[i];
-      ExpectClose(dy->Get<float>(want.size()), added, tol, absl::StrCat(Name(t), " m=", m, " norm+add"));
+      ExpectClose(dy->Get<float>(want.size()), added, tol, absl::StrCat(Name(t), " k=", k, " m=", m, " norm+add"));
     }
-    // q/k/v with rope: 4 query heads, 2 kv heads of 32.
-    const int D = 32, qh = 4, kvh = 2, k = 128, n = (qh + 2 * kvh) * D, slots = 3, max_seq = 64;
+    // q/k/v with rope: 4 query heads, 2 kv heads of 32 (k = 128), or of 8 (k = 32, the
+    // shape of tiny_chat: rotary pairs (i, i + 4)).
+    for (const auto& [D, k] : {std::pair<int, int>{32, 128}, std::pair<int, int>{8, 32}})
     for (int m : {1, 5}) {
+      const int qh = 4, kvh = 2, n = (qh + 2 * kvh) * D, slots = 3, max_seq = 64;
+      SCOPED_TRACE(absl::StrCat(Name(t), " head_dim ", D, " k ", k, " m ", m));
       std::vector<float> w, x;
       auto dw = Elems(Random(size_t(n) * k, rng, 0.1f), t, &w);
       auto dx = Elems(Random(size_t(m) * k, rng), t, &x);
@@ -519,6 +525,66 @@ TEST(LlmKernels, FusedGemvModesMatchTheUnfusedKernels) {
       ExpectClose(ElemsBack(k2, t, cache), std::vector<double>(ka.begin(), ka.end()), ctol, "rope k");
       ExpectClose(ElemsBack(v2, t, cache), std::vector<double>(va.begin(), va.end()), ctol, "v");
     }
+    // The LM head of tiny_chat: n = 3509 (odd, more than ArgMax's 2048 a block), k = 32,
+    // the final norm fused in and the greedy ids in the epilogue, on a scratch that ArgMax
+    // (the prefill step's argmax over 2 chunks) used just before, as in the model.
+    for (int m : {1, 3}) {
+      const int n = 3509, k = 32, hrows = 4;
+      SCOPED_TRACE(absl::StrCat(Name(t), " LM head m ", m));
+      std::vector<float> w, g;
+      auto dw = Elems(Random(size_t(n) * k, rng, 0.3f), t, &w);
+      auto dg = Elems(Random(k, rng), t, &g);
+      const std::vector<float> h = Random(size_t(hrows) * k, rng);
+      auto dh = Buf::Of(h);
+      Buf y(size_t(m) * n * 4), ids(m * 4), x(size_t(m) * k * 4), ref_ids(m * 4);
+      const size_t scratch_bytes = kl::ArgMaxScratchBytes(m);
+      Buf scratch(scratch_bytes);
+      cudaMemset(scratch.get(), 0, scratch_bytes);
+      // Unfused: norm, GEMM, ArgMax (on the shared scratch).
+      ASSERT_EQ(kl::AddRmsNorm(dh->get<float>(), nullptr, nullptr, m, k, dg->get(), t, 1e-5f,
+                               x.get(), nullptr),
+                cudaSuccess);
+      Buf y_ref(size_t(m) * n * 4);
+      ASSERT_EQ(kl::Gemv(dw->get(), t, n, k, x.get(), m, y_ref.get(), kl::GemvEpilogue::kStoreF32,
+                         nullptr),
+                cudaSuccess);
+      ASSERT_EQ(kl::ArgMax(y_ref.get<float>(), m, n, n, scratch.get(), ref_ids.get<int32_t>(),
+                           nullptr),
+                cudaSuccess);
+      kl::GemvParams p;
+      p.w = dw->get();
+      p.type = t;
+      p.n = n;
+      p.k = k;
+      p.m = m;
+      p.norm_h = dh->get<float>();
+      p.norm_w = dg->get();
+      p.eps = 1e-5f;
+      p.epilogue = kl::GemvEpilogue::kStoreF32;
+      p.y = y.get();
+      p.argmax_out = ids.get<int32_t>();
+      p.argmax_scratch = scratch.get();
+      ASSERT_TRUE(kl::GemvSupported(p));
+      for (int rep = 0; rep < 2; ++rep) {
+        ids.Poison(m * 4);
+        ASSERT_EQ(kl::GemvEx(p, nullptr), cudaSuccess);
+        ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+        const std::vector<float> logits = y.Get<float>(size_t(m) * n);
+        const std::vector<float> want = y_ref.Get<float>(size_t(m) * n);
+        // bf16: the fused norm rounds elem(h * w) and scales after the GEMM, the unfused one
+        // rounds elem(h * rsqrt * w): one bf16 rounding of x apart.
+        ExpectClose(logits, std::vector<double>(want.begin(), want.end()),
+                    t == kl::ElemType::kF32 ? 1e-5 : 8e-3, "LM head logits");
+        const std::vector<int32_t> got = ids.Get<int32_t>(m);
+        for (int i = 0; i < m; ++i) {
+          EXPECT_EQ(got[i], SampleToken(logits.data() + size_t(i) * n, n, SamplingParams{}))
+              << "row " << i << " rep " << rep;
+        }
+        EXPECT_EQ(scratch.Get<int32_t>(scratch_bytes / 4),
+                  std::vector<int32_t>(scratch_bytes / 4, 0))
+            << "scratch left zeroed, rep " << rep;
+      }
+    }
   }
 }
 
@@ -545,7 +611,9 @@ TEST(LlmKernels, ArgMaxIsSampleTokensGreedyChoice) {
   ASSERT_EQ(kl::ArgMax(dl->get<float>(), rows, vocab, vocab, scratch.get(), out.get<int32_t>(),
                        nullptr),
             cudaSuccess);
-  EXPECT_EQ(scratch.Get<int32_t>(rows), std::vector<int32_t>(rows, 0)) << "counters left zeroed";
+  // The whole scratch, not only the counters: the LM head's fused argmax shares it.
+  EXPECT_EQ(scratch.Get<int32_t>(scratch_bytes / 4), std::vector<int32_t>(scratch_bytes / 4, 0))
+      << "scratch left zeroed";
   const std::vector<int32_t> got = out.Get<int32_t>(rows);
   for (int r = 0; r < rows; ++r) {
     EXPECT_EQ(got[r], SampleToken(l.data() + size_t(r) * vocab, vocab, SamplingParams{})) << r;
@@ -733,6 +801,29 @@ TEST_P(FixtureTest, Bf16CloseToF32AndGraphsChangeNothing) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Tiny, FixtureTest, ::testing::Values("tiny_llama", "tiny_llama_tied"));
+
+// tiny_chat (hidden 32, head_dim 8, vocab 3509, bf16 weights loaded as f32): its greedy
+// decode runs the skinny GEMMs at k = 32 and the LM head's fused argmax after the prefill's
+// ArgMax over two chunks (which once left the shared scratch dirty: every decode step
+// repeated the prefill's token).
+TEST(CudaModel, TinyChatGreedyMatchesTransformers) {
+  SKIP_WITHOUT_GPU();
+  const nlohmann::json ref = nlohmann::json::parse(
+      testing::ReadFile(ModelDir("tiny_chat") + "/expected.json"), nullptr, false);
+  ASSERT_FALSE(ref.is_discarded());
+  ASSERT_EQ(ref["greedy"].size(), 2u);
+  for (bool graphs : {true, false}) {
+    auto m = LoadCuda("tiny_chat", CudaDType::kF32, graphs);
+    ASSERT_NE(m, nullptr);
+    int slot = 0;
+    for (const auto& g : ref["greedy"]) {
+      const std::vector<int32_t> want = Ids(g["tokens"]);
+      EXPECT_EQ(Greedy(m.get(), Ids(g["prompt_ids"]), static_cast<int>(want.size()), slot++),
+                want)
+          << "graphs " << graphs;
+    }
+  }
+}
 
 TEST(CudaModel, AgreesWithCpuModelOnAMixedBatch) {
   SKIP_WITHOUT_GPU();
