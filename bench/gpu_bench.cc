@@ -23,6 +23,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
+#include "bench/cuda_util.h"
 #include "bench/synth.h"
 #include "common/vecs_io.h"
 #include "kernels/knn.h"
@@ -34,25 +35,6 @@ namespace {
 using kernels::Context;
 using kernels::Metric;
 using kernels::Storage;
-
-#define CHECK_CUDA(expr)                                                                   \
-  do {                                                                                     \
-    cudaError_t e_ = (expr);                                                               \
-    if (e_ != cudaSuccess) {                                                               \
-      std::fprintf(stderr, "%s:%d %s: %s\n", __FILE__, __LINE__, #expr,                    \
-                   cudaGetErrorString(e_));                                                \
-      std::exit(1);                                                                        \
-    }                                                                                      \
-  } while (0)
-
-#define CHECK_OK(expr)                                                                     \
-  do {                                                                                     \
-    absl::Status s_ = (expr);                                                              \
-    if (!s_.ok()) {                                                                        \
-      std::fprintf(stderr, "%s:%d %s\n", __FILE__, __LINE__, s_.ToString().c_str());      \
-      std::exit(1);                                                                        \
-    }                                                                                      \
-  } while (0)
 
 template <typename T>
 T* DeviceAlloc(size_t n) {
@@ -113,31 +95,6 @@ double TimeMs(Context& ctx, F run, int min_reps = 10, double min_seconds = 0.5) 
   cudaEventDestroy(b);
   std::sort(times.begin(), times.end());
   return times[times.size() / 2];
-}
-
-// Device-to-device copy bandwidth, bytes read plus written per second.
-double CopyBandwidth() {
-  const size_t bytes = size_t{1} << 30;
-  char* a = DeviceAlloc<char>(bytes);
-  char* b = DeviceAlloc<char>(bytes);
-  CHECK_CUDA(cudaMemset(a, 1, bytes));
-  std::vector<double> t;
-  cudaEvent_t e0, e1;
-  cudaEventCreate(&e0);
-  cudaEventCreate(&e1);
-  for (int i = 0; i < 12; ++i) {
-    cudaEventRecord(e0);
-    CHECK_CUDA(cudaMemcpy(b, a, bytes, cudaMemcpyDeviceToDevice));
-    cudaEventRecord(e1);
-    cudaEventSynchronize(e1);
-    float ms;
-    cudaEventElapsedTime(&ms, e0, e1);
-    if (i >= 2) t.push_back(ms);
-  }
-  std::sort(t.begin(), t.end());
-  cudaFree(a);
-  cudaFree(b);
-  return 2.0 * bytes / (t[t.size() / 2] / 1000);
 }
 
 double Recall10(const std::vector<int64_t>& got, int k, const std::vector<int64_t>& truth,

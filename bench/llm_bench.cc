@@ -27,6 +27,7 @@
 #include "absl/status/status.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_split.h"
+#include "bench/cuda_util.h"
 #include "llm/config.h"
 #include "llm/cuda/cuda_model.h"
 #include "llm/cuda/nccl_comm.h"
@@ -40,25 +41,6 @@ using llm::CudaModelOptions;
 using llm::ForwardBatch;
 using llm::LlamaConfig;
 using llm::Model;
-
-#define CHECK_CUDA(expr)                                                                   \
-  do {                                                                                     \
-    cudaError_t e_ = (expr);                                                               \
-    if (e_ != cudaSuccess) {                                                               \
-      std::fprintf(stderr, "%s:%d %s: %s\n", __FILE__, __LINE__, #expr,                    \
-                   cudaGetErrorString(e_));                                                \
-      std::exit(1);                                                                        \
-    }                                                                                      \
-  } while (0)
-
-#define CHECK_OK(expr)                                                                     \
-  do {                                                                                     \
-    absl::Status s_ = (expr);                                                              \
-    if (!s_.ok()) {                                                                        \
-      std::fprintf(stderr, "%s:%d %s\n", __FILE__, __LINE__, s_.ToString().c_str());      \
-      std::exit(1);                                                                        \
-    }                                                                                      \
-  } while (0)
 
 struct Flags {
   int tp = 1;
@@ -107,34 +89,6 @@ std::vector<int> ParseInts(const std::string& s) {
 
 double Now() {
   return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
-}
-
-// Device-to-device copy bandwidth, counting bytes read and written (GB/s).
-double CopyBandwidth() {
-  const size_t bytes = size_t{1} << 30;
-  void *a = nullptr, *b = nullptr;
-  CHECK_CUDA(cudaMalloc(&a, bytes));
-  CHECK_CUDA(cudaMalloc(&b, bytes));
-  CHECK_CUDA(cudaMemset(a, 1, bytes));
-  cudaEvent_t e0, e1;
-  CHECK_CUDA(cudaEventCreate(&e0));
-  CHECK_CUDA(cudaEventCreate(&e1));
-  std::vector<float> ms;
-  for (int i = 0; i < 12; ++i) {
-    CHECK_CUDA(cudaEventRecord(e0));
-    CHECK_CUDA(cudaMemcpyAsync(b, a, bytes, cudaMemcpyDeviceToDevice));
-    CHECK_CUDA(cudaEventRecord(e1));
-    CHECK_CUDA(cudaEventSynchronize(e1));
-    float t = 0;
-    CHECK_CUDA(cudaEventElapsedTime(&t, e0, e1));
-    if (i >= 2) ms.push_back(t);
-  }
-  std::sort(ms.begin(), ms.end());
-  cudaFree(a);
-  cudaFree(b);
-  cudaEventDestroy(e0);
-  cudaEventDestroy(e1);
-  return 2.0 * bytes / (ms[ms.size() / 2] * 1e-3) / 1e9;
 }
 
 // Bytes of weights one rank reads in a batch-1 decode step: every matrix once (the LM
@@ -247,7 +201,7 @@ int RunRank0(const Flags& f, const LlamaConfig& cfg, llm::Communicator* comm) {
 
   cudaDeviceProp prop;
   CHECK_CUDA(cudaGetDeviceProperties(&prop, 0));
-  const double bw = CopyBandwidth();
+  const double bw = CopyBandwidth() / 1e9;  // GB/s
   const int elem = f.dtype == "f32" ? 4 : 2;
   const double wbytes = WeightBytes(cfg, f.tp, elem);
   const double floor_ms = wbytes / (bw * 1e9) * 1e3;

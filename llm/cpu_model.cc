@@ -238,9 +238,7 @@ absl::Status CpuModelImpl::Forward(const ForwardBatch& batch, std::vector<int32_
   }
   if (absl::Status s = Validate(batch); !s.ok()) return s;
   if (tp_ > 1) {
-    bool stop = false;
-    ForwardBatch copy = batch;  // BroadcastBatch takes a mutable batch (receivers fill it)
-    if (absl::Status s = BroadcastBatch(comm_, &copy, &stop); !s.ok()) return s;
+    if (absl::Status s = SendBatch(comm_, batch); !s.ok()) return s;
   }
   std::vector<float> all_logits;
   if (absl::Status s = RunLocal(batch, &all_logits); !s.ok()) return s;
@@ -258,21 +256,15 @@ absl::Status CpuModelImpl::Forward(const ForwardBatch& batch, std::vector<int32_
 absl::Status CpuModelImpl::StopFollowers() {
   if (rank_ != 0) return absl::FailedPreconditionError("StopFollowers is called on rank 0");
   if (tp_ == 1) return absl::OkStatus();
-  ForwardBatch empty;
-  bool stop = true;
-  return BroadcastBatch(comm_, &empty, &stop);
+  return SendStop(comm_);
 }
 
 absl::Status CpuModelImpl::FollowerLoop() {
   if (rank_ == 0) return absl::FailedPreconditionError("FollowerLoop runs on ranks 1..T-1");
-  while (true) {
-    ForwardBatch b;
-    bool stop = false;
-    if (absl::Status s = BroadcastBatch(comm_, &b, &stop); !s.ok()) return s;
-    if (stop) return absl::OkStatus();
+  return FollowSteps(comm_, [this](const ForwardBatch& b) {
     std::vector<float> unused;
-    if (absl::Status s = RunLocal(b, &unused); !s.ok()) return s;
-  }
+    return RunLocal(b, &unused);
+  });
 }
 
 void CpuModelImpl::Attention(const ForwardBatch& b, int layer, const float* qkv, float* out) {

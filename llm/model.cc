@@ -108,18 +108,23 @@ int32_t SampleToken(const float* logits, int vocab, const SamplingParams& p) {
   }
 }
 
-absl::Status BroadcastBatch(Communicator* comm, ForwardBatch* batch, bool* stop) {
+namespace {
+
+// BroadcastBatch's protocol with the root's batch read-only: rank 0 sends `send` (and
+// *stop), the others fill `receive` (and *stop).
+absl::Status ExchangeBatch(Communicator* comm, const ForwardBatch* send, ForwardBatch* receive,
+                           bool* stop) {
   const bool root = comm->rank() == 0;
   int64_t header[3] = {0, 0, 0};
   if (root) {
-    if (batch->tokens.size() != batch->positions.size() ||
-        batch->tokens.size() != batch->slots.size() ||
-        batch->sample_rows.size() != batch->sampling.size()) {
+    if (send->tokens.size() != send->positions.size() ||
+        send->tokens.size() != send->slots.size() ||
+        send->sample_rows.size() != send->sampling.size()) {
       return absl::InvalidArgumentError("BroadcastBatch: batch arrays disagree in size");
     }
     header[0] = *stop ? kOpStop : kOpBatch;
-    header[1] = *stop ? 0 : static_cast<int64_t>(batch->tokens.size());
-    header[2] = *stop ? 0 : static_cast<int64_t>(batch->sample_rows.size());
+    header[1] = *stop ? 0 : static_cast<int64_t>(send->tokens.size());
+    header[2] = *stop ? 0 : static_cast<int64_t>(send->sample_rows.size());
   }
   if (absl::Status s = comm->BroadcastHost(header, sizeof(header), 0); !s.ok()) return s;
   if (header[0] != kOpBatch && header[0] != kOpStop) {
@@ -139,11 +144,11 @@ absl::Status BroadcastBatch(Communicator* comm, ForwardBatch* batch, bool* stop)
   if (root) {
     uint8_t* p = payload.data();
     for (const std::vector<int32_t>* v :
-         {&batch->tokens, &batch->positions, &batch->slots, &batch->sample_rows}) {
+         {&send->tokens, &send->positions, &send->slots, &send->sample_rows}) {
       if (!v->empty()) std::memcpy(p, v->data(), v->size() * 4);
       p += v->size() * 4;
     }
-    for (const SamplingParams& s : batch->sampling) {
+    for (const SamplingParams& s : send->sampling) {
       const WireSampling w{s.temperature, s.top_p, s.seed, s.step};
       std::memcpy(p, &w, sizeof(w));
       p += sizeof(w);
@@ -161,19 +166,47 @@ absl::Status BroadcastBatch(Communicator* comm, ForwardBatch* batch, bool* stop)
       if (count > 0) std::memcpy(v->data(), p, count * 4);
       p += count * 4;
     };
-    take(&batch->tokens, n);
-    take(&batch->positions, n);
-    take(&batch->slots, n);
-    take(&batch->sample_rows, m);
-    batch->sampling.resize(m);
+    take(&receive->tokens, n);
+    take(&receive->positions, n);
+    take(&receive->slots, n);
+    take(&receive->sample_rows, m);
+    receive->sampling.resize(m);
     for (size_t i = 0; i < m; ++i) {
       WireSampling w;
       std::memcpy(&w, p, sizeof(w));
       p += sizeof(w);
-      batch->sampling[i] = {w.temperature, w.top_p, w.seed, w.step};
+      receive->sampling[i] = {w.temperature, w.top_p, w.seed, w.step};
     }
   }
   return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::Status BroadcastBatch(Communicator* comm, ForwardBatch* batch, bool* stop) {
+  return ExchangeBatch(comm, batch, batch, stop);
+}
+
+absl::Status SendBatch(Communicator* comm, const ForwardBatch& batch) {
+  bool stop = false;
+  return ExchangeBatch(comm, &batch, nullptr, &stop);
+}
+
+absl::Status SendStop(Communicator* comm) {
+  const ForwardBatch empty;
+  bool stop = true;
+  return ExchangeBatch(comm, &empty, nullptr, &stop);
+}
+
+absl::Status FollowSteps(Communicator* comm,
+                         const std::function<absl::Status(const ForwardBatch&)>& step) {
+  while (true) {
+    ForwardBatch batch;
+    bool stop = false;
+    if (absl::Status s = ExchangeBatch(comm, nullptr, &batch, &stop); !s.ok()) return s;
+    if (stop) return absl::OkStatus();
+    if (absl::Status s = step(batch); !s.ok()) return s;
+  }
 }
 
 absl::Status ValidateBatch(const ForwardBatch& b, int vocab_size, int max_slots, int max_seq_len) {

@@ -19,6 +19,7 @@
 #define SHARDVEC_LLM_MODEL_H_
 
 #include <cstdint>
+#include <functional>
 #include <vector>
 
 #include "absl/status/status.h"
@@ -90,6 +91,14 @@ class Communicator;
 // must pass a batch whose array sizes agree (validate before calling: an error on rank 0
 // alone would leave the followers waiting).
 absl::Status BroadcastBatch(Communicator* comm, ForwardBatch* batch, bool* stop);
+
+// The same protocol as each side of a Model uses it. Rank 0: SendBatch before running a
+// step (no copy of the batch), SendStop for StopFollowers. Ranks 1..T-1: FollowSteps
+// receives each batch and runs `step` on it until rank 0 sends stop (or an error).
+absl::Status SendBatch(Communicator* comm, const ForwardBatch& batch);
+absl::Status SendStop(Communicator* comm);
+absl::Status FollowSteps(Communicator* comm,
+                         const std::function<absl::Status(const ForwardBatch&)>& step);
 
 }  // namespace shardvec::llm
 

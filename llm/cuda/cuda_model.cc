@@ -556,31 +556,19 @@ absl::Status CudaLlama::Forward(const ForwardBatch& batch, std::vector<int32_t>*
     return absl::FailedPreconditionError("Forward is called on rank 0; other ranks run FollowerLoop");
   }
   SV_RETURN_IF_ERROR(Validate(batch));
-  if (tp_ > 1) {
-    bool stop = false;
-    ForwardBatch copy = batch;  // BroadcastBatch takes a mutable batch (receivers fill it)
-    SV_RETURN_IF_ERROR(BroadcastBatch(comm_, &copy, &stop));
-  }
+  if (tp_ > 1) SV_RETURN_IF_ERROR(SendBatch(comm_, batch));
   return RunStep(batch, next_tokens, logits);
 }
 
 absl::Status CudaLlama::StopFollowers() {
   if (rank_ != 0) return absl::FailedPreconditionError("StopFollowers is called on rank 0");
   if (tp_ == 1) return absl::OkStatus();
-  ForwardBatch empty;
-  bool stop = true;
-  return BroadcastBatch(comm_, &empty, &stop);
+  return SendStop(comm_);
 }
 
 absl::Status CudaLlama::FollowerLoop() {
   if (rank_ == 0) return absl::FailedPreconditionError("FollowerLoop runs on ranks 1..T-1");
-  while (true) {
-    ForwardBatch b;
-    bool stop = false;
-    SV_RETURN_IF_ERROR(BroadcastBatch(comm_, &b, &stop));
-    if (stop) return absl::OkStatus();
-    SV_RETURN_IF_ERROR(RunStep(b, nullptr, nullptr));
-  }
+  return FollowSteps(comm_, [this](const ForwardBatch& b) { return RunStep(b, nullptr, nullptr); });
 }
 
 StepShape CudaLlama::ShapeFor(int rows, int tiles, int samples) const {
