@@ -53,6 +53,8 @@ struct Flags {
   bool pdl = true;
   bool ablation = false;
   int max_seq_len = 1024;
+  int attention_split_len = 0;
+  bool decode_attention = true;
   std::string config;  // a config.json; default: Llama-3.2-1B's shape
 };
 
@@ -180,6 +182,8 @@ std::unique_ptr<Model> Create(const Flags& f, const LlamaConfig& cfg, int max_ba
   o.dtype = *dt;
   o.max_slots = max_batch;
   o.max_seq_len = f.max_seq_len;
+  o.attention_split_len = f.attention_split_len;
+  o.decode_attention = f.decode_attention;
   o.use_cuda_graphs = graphs;
   o.programmatic_launch = pdl;
   o.gemv_max_rows = gemv_max_rows;
@@ -266,6 +270,10 @@ int Main(int argc, char** argv) {
   app.add_option("--pdl", f.pdl, "programmatic dependent launch");
   app.add_flag("--ablation", f.ablation, "also batch-1 decode with graphs / PDL off");
   app.add_option("--max-seq-len", f.max_seq_len, "positions per sequence");
+  app.add_option("--attention-split-len", f.attention_split_len,
+                 "keys per flash-decoding split (0: the model's default)");
+  app.add_option("--decode-attention", f.decode_attention,
+                 "single-row decode steps on the one-kernel decode attention");
   app.add_option("--config", f.config, "a config.json (default: Llama-3.2-1B's shape)");
   CLI11_PARSE(app, argc, argv);
   setenv("NCCL_NVLS_ENABLE", "0", 1);

@@ -415,6 +415,233 @@ __global__ void __launch_bounds__(kAttnThreads)
   if (tid == 0) *counter = 0;  // ready for the next launch
 }
 
+// ---- decode attention: tiles of one row whose keys all fit one block's shared memory.
+//
+// One block per (tile, kv head) and kDecWarps warps: warp w takes query head w % group of
+// the kv group and the 32-key chunks c with c % (kDecWarps / group) == w / group, keeping
+// its own online softmax; the block then combines its warps' partial results in shared
+// memory. So no partial results go through global memory, no block waits on another, and
+// nothing is left to a second kernel. The keys written by earlier steps (those before the
+// tile's position) are copied into shared memory before waiting on the q/k/v projection
+// (programmatic launch); after the wait only q and the current position's key and value
+// are read. Keys at or beyond the cached count (`cap`) are read from global memory, so
+// the kernel is right at any position, only slower past cap.
+
+constexpr int kDecWarps = 16;
+constexpr int kDecThreads = kDecWarps * 32;
+constexpr int kDecSmemBudget = 160 * 1024;  // the K/V copies
+constexpr int kDecMaxKeys = 1024;
+
+// Bytes of one cached key row: padded by 16 bytes, so that lanes reading 16 bytes each
+// of different rows at the same column hit different banks.
+template <typename T>
+__host__ __device__ constexpr int DecKeyStride(int D) {
+  return D * static_cast<int>(sizeof(T)) + 16;
+}
+
+template <typename T>
+int DecCap(int D) {
+  const int per_key = DecKeyStride<T>(D) + D * static_cast<int>(sizeof(T));
+  return std::min(kDecMaxKeys, kDecSmemBudget / per_key / 32 * 32);
+}
+
+template <typename T>
+size_t DecSmemBytes(int group, int D, int cap) {
+  return sizeof(float) * (static_cast<size_t>(group) * D + kDecWarps * static_cast<size_t>(D + 2)) +
+         static_cast<size_t>(cap) * (DecKeyStride<T>(D) + D * sizeof(T));
+}
+
+template <typename T, int E>
+__global__ void __launch_bounds__(kDecThreads)
+    DecodeAttentionKernel(const float* __restrict__ q, const AttnTile* __restrict__ tiles,
+                          AttnShape shape, const T* __restrict__ k_cache,
+                          const T* __restrict__ v_cache, int cap, float scale,
+                          T* __restrict__ out) {
+  extern __shared__ __align__(16) unsigned char dec_smem[];
+  AllowNext();
+  constexpr int EV = 16 / sizeof(T);  // elements per 16-byte vector
+  const int D = shape.head_dim, group = shape.q_heads / shape.kv_heads;
+  const AttnTile tile = tiles[blockIdx.x];
+  const int kvh = blockIdx.y, pos = tile.pos_begin, row = tile.row_begin;
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  float* qs = reinterpret_cast<float*>(dec_smem);  // [group][D], scaled
+  float* ps = qs + group * D;                       // [kDecWarps][D + 2]: acc, m, l
+  unsigned char* kbase = reinterpret_cast<unsigned char*>(ps + kDecWarps * (D + 2));
+  const int kstride = DecKeyStride<T>(D);           // bytes
+  T* vs = reinterpret_cast<T*>(kbase + static_cast<size_t>(cap) * kstride);  // [cap][D]
+  const int64_t cache_base =
+      (static_cast<int64_t>(tile.slot) * shape.kv_heads + kvh) * shape.max_seq_len;
+  const T* kc = k_cache + cache_base * D;
+  const T* vc = v_cache + cache_base * D;
+  const int vpr = D / EV;  // 16-byte vectors per row
+
+  // Keys [k0, k1) into shared memory, four 16-byte vectors of K and V in flight per thread.
+  auto copy_keys = [&](int k0, int k1) {
+    const int total = (k1 - k0) * vpr;
+    for (int base = tid; base < total; base += 4 * kDecThreads) {
+      uint4 kv4[4], vv4[4];
+#pragma unroll
+      for (int u = 0; u < 4; ++u) {
+        const int idx = base + u * kDecThreads;
+        if (idx < total) {
+          const int j = k0 + idx / vpr, c = idx % vpr;
+          kv4[u] = *reinterpret_cast<const uint4*>(kc + static_cast<int64_t>(j) * D + c * EV);
+          vv4[u] = *reinterpret_cast<const uint4*>(vc + static_cast<int64_t>(j) * D + c * EV);
+        }
+      }
+#pragma unroll
+      for (int u = 0; u < 4; ++u) {
+        const int idx = base + u * kDecThreads;
+        if (idx < total) {
+          const int j = k0 + idx / vpr, c = idx % vpr;
+          *reinterpret_cast<uint4*>(kbase + static_cast<size_t>(j) * kstride + c * 16) = kv4[u];
+          *reinterpret_cast<uint4*>(vs + static_cast<size_t>(j) * D + c * EV) = vv4[u];
+        }
+      }
+    }
+  };
+  copy_keys(0, min(pos, cap));  // written by earlier steps
+  WaitPrior();
+  if (pos < cap) copy_keys(pos, pos + 1);
+  const int qstride = shape.q_heads * D;
+  for (int idx = tid; idx < group * D; idx += kDecThreads) {
+    const int hh = idx / D, d = idx % D;
+    qs[idx] = q[static_cast<int64_t>(row) * qstride + (kvh * group + hh) * D + d] * scale;
+  }
+  __syncthreads();
+
+  const int hh = warp % group, cg = warp / group, groups = kDecWarps / group;
+  const float* qv = qs + hh * D;
+  float m = -INFINITY, l = 0.f, acc[E];
+#pragma unroll
+  for (int e = 0; e < E; ++e) acc[e] = 0.f;
+  for (int c = cg; c * 32 <= pos; c += groups) {
+    const int key = c * 32 + lane;
+    const bool valid = key <= pos;
+    float sc = -INFINITY;
+    if (valid) {
+      const uint4* kr = key < cap ? reinterpret_cast<const uint4*>(kbase + static_cast<size_t>(key) * kstride)
+                                  : reinterpret_cast<const uint4*>(kc + static_cast<int64_t>(key) * D);
+      float s0 = 0.f, s1 = 0.f;
+      for (int c16 = 0; c16 < vpr; ++c16) {
+        float kf[EV];
+        Unpack16(kr[c16], kf, T());
+#pragma unroll
+        for (int e = 0; e < EV; e += 2) {
+          s0 = fmaf(qv[c16 * EV + e], kf[e], s0);
+          s1 = fmaf(qv[c16 * EV + e + 1], kf[e + 1], s1);
+        }
+      }
+      sc = s0 + s1;
+    }
+    const float mnew = fmaxf(m, WarpMax(sc));  // key c * 32 <= pos is valid: finite
+    const float p = valid ? expf(sc - mnew) : 0.f;
+    const float corr = expf(m - mnew);
+    l = l * corr + WarpSum(p);
+    m = mnew;
+#pragma unroll
+    for (int e = 0; e < E; ++e) acc[e] *= corr;
+    const int nk = min(32, pos + 1 - c * 32);
+    for (int kk = 0; kk < nk; ++kk) {
+      const float pk = __shfl_sync(kFullMask, p, kk);
+      const int j = c * 32 + kk;
+      const T* vr = j < cap ? vs + static_cast<size_t>(j) * D : vc + static_cast<int64_t>(j) * D;
+#pragma unroll
+      for (int e = 0; e < E; ++e) {
+        const int d = lane + 32 * e;
+        if (d < D) acc[e] = fmaf(pk, ToF(vr[d]), acc[e]);
+      }
+    }
+  }
+  float* pw = ps + warp * (D + 2);
+#pragma unroll
+  for (int e = 0; e < E; ++e) {
+    const int d = lane + 32 * e;
+    if (d < D) pw[d] = acc[e];
+  }
+  if (lane == 0) {
+    pw[D] = m;
+    pw[D + 1] = l;
+  }
+  __syncthreads();
+  if (cg != 0) return;
+  // Warp hh combines the partial results of its head (warps hh, hh + group, ...) in order.
+  float mx = -INFINITY;
+  for (int g = 0; g < groups; ++g) mx = fmaxf(mx, ps[(g * group + hh) * (D + 2) + D]);
+  float total = 0.f, o[E];
+#pragma unroll
+  for (int e = 0; e < E; ++e) o[e] = 0.f;
+  for (int g = 0; g < groups; ++g) {
+    const float* pg = ps + (g * group + hh) * (D + 2);
+    const float wgt = expf(pg[D] - mx);  // a warp with no chunk: m = -inf, weight 0
+    total += pg[D + 1] * wgt;
+#pragma unroll
+    for (int e = 0; e < E; ++e) {
+      const int d = lane + 32 * e;
+      if (d < D) o[e] = fmaf(pg[d], wgt, o[e]);
+    }
+  }
+  const float inv = 1.0f / total;
+  T* op = out + static_cast<int64_t>(row) * qstride + (kvh * group + hh) * D;
+#pragma unroll
+  for (int e = 0; e < E; ++e) {
+    const int d = lane + 32 * e;
+    if (d < D) op[d] = FromF<T>(o[e] * inv);
+  }
+}
+
+template <typename T>
+cudaError_t ConfigureDecodeAttention() {
+  // Per device and idempotent; done once each.
+  static std::atomic<bool> configured[64];
+  int device = 0;
+  cudaError_t e = cudaGetDevice(&device);
+  if (e != cudaSuccess) return e;
+  if (device < 64 && configured[device].load()) return cudaSuccess;
+  // The most any shape asks for: q and the partial results at the largest group and
+  // head_dim, plus the K/V budget.
+  const int bytes = static_cast<int>(sizeof(float) * (kDecWarps * kMaxDecodeHeadDim +
+                                                      kDecWarps * (kMaxDecodeHeadDim + 2)) +
+                                     kDecSmemBudget);
+  e = cudaFuncSetAttribute(DecodeAttentionKernel<T, 1>,
+                           cudaFuncAttributeMaxDynamicSharedMemorySize, bytes);
+  if (e == cudaSuccess) {
+    e = cudaFuncSetAttribute(DecodeAttentionKernel<T, 2>,
+                             cudaFuncAttributeMaxDynamicSharedMemorySize, bytes);
+  }
+  if (e == cudaSuccess) {
+    e = cudaFuncSetAttribute(DecodeAttentionKernel<T, 4>,
+                             cudaFuncAttributeMaxDynamicSharedMemorySize, bytes);
+  }
+  if (e == cudaSuccess && device < 64) configured[device].store(true);
+  return e;
+}
+
+template <typename T>
+cudaError_t LaunchDecodeAttention(const float* q, const AttnTile* tiles, int n_tiles,
+                                  const AttnShape& s, const void* k_cache, const void* v_cache,
+                                  void* out, cudaStream_t stream) {
+  const cudaError_t e = ConfigureDecodeAttention<T>();
+  if (e != cudaSuccess) return e;
+  const int group = s.q_heads / s.kv_heads, D = s.head_dim, cap = DecCap<T>(D);
+  const size_t smem = DecSmemBytes<T>(group, D, cap);
+  const dim3 grid(n_tiles, s.kv_heads);
+  const float scale = 1.0f / sqrtf(static_cast<float>(D));
+  const auto* kc = static_cast<const T*>(k_cache);
+  const auto* vc = static_cast<const T*>(v_cache);
+  auto* o = static_cast<T*>(out);
+  if (D <= 32) {
+    return Launch(DecodeAttentionKernel<T, 1>, grid, dim3(kDecThreads), smem, stream, q, tiles, s,
+                  kc, vc, cap, scale, o);
+  }
+  if (D <= 64) {
+    return Launch(DecodeAttentionKernel<T, 2>, grid, dim3(kDecThreads), smem, stream, q, tiles, s,
+                  kc, vc, cap, scale, o);
+  }
+  return Launch(DecodeAttentionKernel<T, 4>, grid, dim3(kDecThreads), smem, stream, q, tiles, s,
+                kc, vc, cap, scale, o);
+}
+
 // ---------------------------------------------------------------- SwiGLU, GEMV
 
 template <typename T>
@@ -461,16 +688,6 @@ constexpr int kGemvWarps = 8;
 constexpr int kGemvThreads = kGemvWarps * 32;
 constexpr int kGemvUnroll = 4;
 constexpr int kGemvMaxSmem = 96 * 1024;  // the fused norm's x rows
-constexpr int kGemvDeferredNorm = 2;  // GemvKernel flags: the norm's scale in the epilogue
-
-// SHARDVEC_GEMV_FLAGS overrides the flags (tuning runs; 0: the two-pass norm prologue).
-int GemvFlags() {
-  static const int flags = [] {
-    const char* v = std::getenv("SHARDVEC_GEMV_FLAGS");
-    return v != nullptr && *v != '\0' ? std::atoi(v) : kGemvDeferredNorm;
-  }();
-  return flags;
-}
 
 // The fused LM-head argmax: a (value, id) candidate as one 64-bit key whose unsigned order
 // is llm::SampleToken's greedy order (a larger number wins, ties go to the lower id, a NaN
@@ -484,6 +701,181 @@ __device__ __forceinline__ unsigned long long ArgKey(float v, int id) {
   return (static_cast<unsigned long long>(u) << 32) | low;
 }
 
+// Barrier over the first `threads` threads of the block (named barrier 1), for kernels
+// whose other warps do something else (the streaming GEMV's producer warp).
+__device__ __forceinline__ void SyncThreads(int threads) {
+  asm volatile("bar.sync 1, %0;" ::"r"(threads) : "memory");
+}
+
+// The fused norm (deferred): writes elem(h[src] * norm_w) for the M rows into xs (shared
+// memory) and sets rsc[mm] = rsqrt(mean(h[src]^2) + eps), the scale the dot products get
+// in the epilogue, so only one barrier (over the kGemvThreads computing threads) stands
+// between the wait on the producer of h and the weight math.
+template <typename T, int M>
+__device__ __forceinline__ void NormRowsToShared(const GemvParams& p, T* xs,
+                                                 float (&red)[kGemvWarps][2 * M],
+                                                 float (&rsc)[M]) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, k = p.k;
+  const T* gw = static_cast<const T*>(p.norm_w);
+  constexpr int EV = 16 / sizeof(T);  // elements per 16-byte chunk
+  const int kc = k / EV;
+#pragma unroll
+  for (int mm = 0; mm < M; ++mm) {
+    const int src = p.row_map != nullptr ? p.row_map[mm] : mm;
+    const float* hr = p.norm_h + static_cast<int64_t>(src) * k;
+    float ss = 0.f;
+    for (int c = threadIdx.x; c < kc; c += kGemvThreads) {
+      const float4* hv4 = reinterpret_cast<const float4*>(hr + c * EV);
+      float hv[EV], gv[EV];
+#pragma unroll
+      for (int e = 0; e < EV / 4; ++e) {
+        const float4 v = hv4[e];
+        hv[4 * e] = v.x;
+        hv[4 * e + 1] = v.y;
+        hv[4 * e + 2] = v.z;
+        hv[4 * e + 3] = v.w;
+      }
+      Unpack16(__ldg(reinterpret_cast<const uint4*>(gw + c * EV)), gv, T());
+      alignas(16) T o[EV];
+#pragma unroll
+      for (int e = 0; e < EV; ++e) {
+        ss = fmaf(hv[e], hv[e], ss);
+        o[e] = FromF<T>(hv[e] * gv[e]);
+      }
+      *reinterpret_cast<uint4*>(xs + mm * k + c * EV) = *reinterpret_cast<const uint4*>(o);
+    }
+    ss = WarpSum(ss);
+    if (lane == 0) red[warp][mm] = ss;
+  }
+  SyncThreads(kGemvThreads);
+#pragma unroll
+  for (int mm = 0; mm < M; ++mm) {
+    float ss = 0.f;
+#pragma unroll
+    for (int q = 0; q < kGemvWarps; ++q) ss += red[q][mm];
+    rsc[mm] = rsqrtf(ss / static_cast<float>(k) + p.eps);
+  }
+  // red is written again only after another barrier, which every thread reaches after
+  // reading it here.
+}
+
+// The epilogue of one warp's row pair (row0, row0 + 1): acc holds the finished sums (every
+// lane the same). Stores or adds them, or applies SwiGLU or rope + the KV write; with the
+// fused argmax, keeps the best key per input row in best.
+template <typename T, int M>
+__device__ __forceinline__ void GemvPairOut(const GemvParams& p, int row0, const float (&acc)[2][M],
+                                            int lane, unsigned long long (&best)[M]) {
+  constexpr int R = 2;
+  const int n = p.n;
+  switch (p.epilogue) {
+    case GemvEpilogue::kStoreF32:
+    case GemvEpilogue::kAddF32: {
+      float* out = static_cast<float*>(p.y);
+      const bool add = p.epilogue == GemvEpilogue::kAddF32;
+#pragma unroll
+      for (int r = 0; r < R; ++r) {
+#pragma unroll
+        for (int mm = 0; mm < M; ++mm) {
+          if (lane == r * M + mm && row0 + r < n) {
+            float* o = out + static_cast<int64_t>(mm) * n + row0 + r;
+            *o = add ? *o + acc[r][mm] : acc[r][mm];
+          }
+        }
+      }
+      if (p.argmax_out != nullptr) {
+#pragma unroll
+        for (int r = 0; r < R; ++r) {
+          if (row0 + r >= n) continue;
+#pragma unroll
+          for (int mm = 0; mm < M; ++mm) best[mm] = max(best[mm], ArgKey(acc[r][mm], row0 + r));
+        }
+      }
+      break;
+    }
+    case GemvEpilogue::kSwiGlu: {
+      // rows row0 (gate) and row0 + 1 (up) of an interleaved pair; n is even.
+      T* out = static_cast<T*>(p.y);
+      const int j = row0 / 2, inter = n / 2;
+#pragma unroll
+      for (int mm = 0; mm < M; ++mm) {
+        if (lane == mm) {
+          out[static_cast<int64_t>(mm) * inter + j] = FromF<T>(Silu(acc[0][mm]) * acc[1][mm]);
+        }
+      }
+      break;
+    }
+    case GemvEpilogue::kQkvRope: {
+      const int D = p.head_dim, half = D / 2;
+      const int rotated = (p.q_heads + p.kv_heads) * D;
+#pragma unroll
+      for (int mm = 0; mm < M; ++mm) {
+        if (lane != mm) continue;
+        const int pos = p.positions[mm];
+        const int64_t slot_m = p.slots[mm];
+        const float x1 = acc[0][mm], x2 = acc[1][mm];
+        if (row0 < rotated) {
+          const int head = row0 / D, i = (row0 % D) / 2;
+          float sn, cs;
+          sincosf(static_cast<float>(pos) * p.inv_freq[i], &sn, &cs);
+          const float y1 = x1 * cs - x2 * sn, y2 = x2 * cs + x1 * sn;
+          if (head < p.q_heads) {
+            float* qo = p.q_out + (static_cast<int64_t>(mm) * p.q_heads + head) * D;
+            qo[i] = y1;
+            qo[i + half] = y2;
+          } else {
+            T* kc = static_cast<T*>(p.k_cache) +
+                    ((slot_m * p.kv_heads + head - p.q_heads) * p.max_seq_len + pos) * D;
+            kc[i] = FromF<T>(y1);
+            kc[i + half] = FromF<T>(y2);
+          }
+        } else {
+          const int v0 = row0 - rotated, kvh = v0 / D, d = v0 % D;
+          T* vc = static_cast<T*>(p.v_cache) +
+                  ((slot_m * p.kv_heads + kvh) * p.max_seq_len + pos) * D;
+          vc[d] = FromF<T>(x1);
+          vc[d + 1] = FromF<T>(x2);
+        }
+      }
+      break;
+    }
+  }
+}
+
+// The fused argmax's end (every thread of the block calls it): the block's best per row is
+// merged into the row's key with atomicMax; the last block to finish writes the ids and
+// leaves the scratch zeroed for the next launch.
+template <int M>
+__device__ __forceinline__ void GemvArgMaxFinish(const GemvParams& p,
+                                                 const unsigned long long (&best)[M],
+                                                 unsigned long long (&best_s)[kGemvWarps][M],
+                                                 int* ticket) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  if (lane == 0 && warp < kGemvWarps) {
+#pragma unroll
+    for (int mm = 0; mm < M; ++mm) best_s[warp][mm] = best[mm];
+  }
+  __syncthreads();
+  auto* keys = static_cast<unsigned long long*>(p.argmax_scratch);
+  int* counter = reinterpret_cast<int*>(keys + M);
+  if (threadIdx.x < M) {
+    unsigned long long b = 0;
+#pragma unroll
+    for (int q = 0; q < kGemvWarps; ++q) b = max(b, best_s[q][threadIdx.x]);
+    if (b != 0) atomicMax(keys + threadIdx.x, b);
+    __threadfence();
+  }
+  __syncthreads();
+  if (threadIdx.x == 0) *ticket = atomicAdd(counter, 1);
+  __syncthreads();
+  if (*ticket != static_cast<int>(gridDim.x) - 1) return;
+  __threadfence();
+  if (threadIdx.x < M) {
+    const unsigned long long b = atomicExch(keys + threadIdx.x, 0ull);
+    p.argmax_out[threadIdx.x] = b == 0 ? 0 : static_cast<int32_t>(~static_cast<uint32_t>(b));
+  }
+  if (threadIdx.x == 0) *counter = 0;
+}
+
 // Rows are handled in pairs (a warp's two rows), `ks` warps of a block splitting one pair's
 // k range (split-K inside the block, reduced through shared memory in a fixed order, so
 // results do not depend on timing), kGemvWarps / ks pairs per block. The launcher picks
@@ -492,15 +884,14 @@ __device__ __forceinline__ unsigned long long ArgKey(float v, int id) {
 // the groups of pairs with a grid-stride loop, so that the grid is one even wave. The first
 // weights are loaded before waiting on the previous kernel, so under programmatic launch
 // the weight stream starts while the producer of x finishes. With the fused norm, each
-// block first writes the normalised x rows into shared memory (all threads: one pass for
-// the sums of squares, one, from L1, for x). x is read through generic loads.
+// block first writes the normalised x rows into shared memory (NormRowsToShared). x is
+// read through generic loads.
 template <typename T, int M, bool kNorm>
-__global__ void __launch_bounds__(kGemvThreads) GemvKernel(const GemvParams p, int ks, int flags) {
+__global__ void __launch_bounds__(kGemvThreads) GemvKernel(const GemvParams p, int ks) {
   // Few rows: more weight loads in flight per lane (a whole 2048-wide row pair of a warp
   // prefetched before the wait).
   constexpr int R = 2, U = M <= 2 ? 2 * kGemvUnroll : kGemvUnroll;
   extern __shared__ __align__(16) unsigned char gemv_smem[];
-  __shared__ float rms[kGemvMaxRows];
   __shared__ float red[kGemvWarps][R * M];
   __shared__ unsigned long long best_s[kGemvWarps][M];
   __shared__ int ticket;
@@ -533,108 +924,14 @@ __global__ void __launch_bounds__(kGemvThreads) GemvKernel(const GemvParams p, i
   WaitPrior();
 
   const uint4* xv = reinterpret_cast<const uint4*>(p.x);
-  // The fused norm. Deferred (the default): one pass writes elem(h * norm_w) to shared
-  // memory and sums the squares; each row's rsqrt scale multiplies the dot products in the
-  // epilogue, so only one block barrier stands between the wait and the weight math.
   float rsc[M];
 #pragma unroll
   for (int mm = 0; mm < M; ++mm) rsc[mm] = 1.f;
-  const bool deferred = (flags & kGemvDeferredNorm) != 0;
-  if (kNorm && deferred) {
-    T* xs = reinterpret_cast<T*>(gemv_smem);
-    const T* gw = static_cast<const T*>(p.norm_w);
-    constexpr int EV = 16 / sizeof(T);  // elements per 16-byte chunk
-    const int kc = k / EV;
-#pragma unroll
-    for (int mm = 0; mm < M; ++mm) {
-      const int src = p.row_map != nullptr ? p.row_map[mm] : mm;
-      const float* hr = p.norm_h + static_cast<int64_t>(src) * k;
-      float ss = 0.f;
-      for (int c = threadIdx.x; c < kc; c += kGemvThreads) {
-        const float4* hv4 = reinterpret_cast<const float4*>(hr + c * EV);
-        float hv[EV], gv[EV];
-#pragma unroll
-        for (int e = 0; e < EV / 4; ++e) {
-          const float4 v = hv4[e];
-          hv[4 * e] = v.x;
-          hv[4 * e + 1] = v.y;
-          hv[4 * e + 2] = v.z;
-          hv[4 * e + 3] = v.w;
-        }
-        Unpack16(__ldg(reinterpret_cast<const uint4*>(gw + c * EV)), gv, T());
-        alignas(16) T o[EV];
-#pragma unroll
-        for (int e = 0; e < EV; ++e) {
-          ss = fmaf(hv[e], hv[e], ss);
-          o[e] = FromF<T>(hv[e] * gv[e]);
-        }
-        *reinterpret_cast<uint4*>(xs + mm * k + c * EV) = *reinterpret_cast<const uint4*>(o);
-      }
-      ss = WarpSum(ss);
-      if (lane == 0) red[warp][mm] = ss;
-    }
-    __syncthreads();
-#pragma unroll
-    for (int mm = 0; mm < M; ++mm) {
-      float ss = 0.f;
-#pragma unroll
-      for (int q = 0; q < kGemvWarps; ++q) ss += red[q][mm];
-      rsc[mm] = rsqrtf(ss / static_cast<float>(k) + p.eps);
-    }
-    xv = reinterpret_cast<const uint4*>(xs);
-    // red is written again only after the loop's first __syncthreads (ks > 1), which
-    // every thread reaches after reading it here.
-  } else if (kNorm) {
-    T* xs = reinterpret_cast<T*>(gemv_smem);
-    const T* gw = static_cast<const T*>(p.norm_w);
-    const int k4 = k / 4;  // k * sizeof(T) % 16 == 0, so k % 4 == 0
-#pragma unroll
-    for (int mm = 0; mm < M; ++mm) {
-      const int src = p.row_map != nullptr ? p.row_map[mm] : mm;
-      const float4* hr = reinterpret_cast<const float4*>(p.norm_h + static_cast<int64_t>(src) * k);
-      float ss = 0.f;
-#pragma unroll 4
-      for (int i = threadIdx.x; i < k4; i += kGemvThreads) {
-        const float4 v = hr[i];
-        ss = fmaf(v.x, v.x, fmaf(v.y, v.y, fmaf(v.z, v.z, fmaf(v.w, v.w, ss))));
-      }
-      ss = WarpSum(ss);
-      if (lane == 0) red[warp][mm] = ss;
-    }
-    __syncthreads();
-    if (threadIdx.x < M) {
-      float ss = 0.f;
-#pragma unroll
-      for (int q = 0; q < kGemvWarps; ++q) ss += red[q][threadIdx.x];
-      rms[threadIdx.x] = rsqrtf(ss / static_cast<float>(k) + p.eps);
-    }
-    __syncthreads();
-    constexpr int EV = 16 / sizeof(T);  // elements per 16-byte chunk
-    for (int c = threadIdx.x; c < M * k / EV; c += kGemvThreads) {
-      const int mm = c * EV / k, kk = c * EV % k;
-      const int src = p.row_map != nullptr ? p.row_map[mm] : mm;
-      const float4* hr =
-          reinterpret_cast<const float4*>(p.norm_h + static_cast<int64_t>(src) * k + kk);
-      float hv[EV], gv[EV];
-#pragma unroll
-      for (int e = 0; e < EV / 4; ++e) {
-        const float4 v = hr[e];
-        hv[4 * e] = v.x;
-        hv[4 * e + 1] = v.y;
-        hv[4 * e + 2] = v.z;
-        hv[4 * e + 3] = v.w;
-      }
-      Unpack16(__ldg(reinterpret_cast<const uint4*>(gw + kk)), gv, T());
-      alignas(16) T o[EV];
-#pragma unroll
-      for (int e = 0; e < EV; ++e) o[e] = FromF<T>(hv[e] * rms[mm] * gv[e]);
-      *reinterpret_cast<uint4*>(xs + c * EV) = *reinterpret_cast<const uint4*>(o);
-    }
-    __syncthreads();
-    xv = reinterpret_cast<const uint4*>(xs);
+  if (kNorm) {
+    NormRowsToShared<T, M>(p, reinterpret_cast<T*>(gemv_smem), red, rsc);
+    xv = reinterpret_cast<const uint4*>(gemv_smem);
   }
 
-  const bool want_best = p.argmax_out != nullptr;
   unsigned long long best[M];
 #pragma unroll
   for (int mm = 0; mm < M; ++mm) best[mm] = 0;
@@ -698,144 +995,65 @@ __global__ void __launch_bounds__(kGemvThreads) GemvKernel(const GemvParams p, i
     } else if (!active) {
       continue;
     }
-    if (kNorm && deferred) {
 #pragma unroll
-      for (int r = 0; r < R; ++r) {
+    for (int r = 0; r < R; ++r) {
 #pragma unroll
-        for (int mm = 0; mm < M; ++mm) acc[r][mm] *= rsc[mm];
-      }
+      for (int mm = 0; mm < M; ++mm) acc[r][mm] *= rsc[mm];
     }
-    switch (p.epilogue) {
-      case GemvEpilogue::kStoreF32:
-      case GemvEpilogue::kAddF32: {
-        float* out = static_cast<float*>(p.y);
-        const bool add = p.epilogue == GemvEpilogue::kAddF32;
-#pragma unroll
-        for (int r = 0; r < R; ++r) {
-#pragma unroll
-          for (int mm = 0; mm < M; ++mm) {
-            if (lane == r * M + mm && row0 + r < n) {
-              float* o = out + static_cast<int64_t>(mm) * n + row0 + r;
-              *o = add ? *o + acc[r][mm] : acc[r][mm];
-            }
-          }
-        }
-        if (want_best) {
-#pragma unroll
-          for (int r = 0; r < R; ++r) {
-            if (row0 + r >= n) continue;
-#pragma unroll
-            for (int mm = 0; mm < M; ++mm) best[mm] = max(best[mm], ArgKey(acc[r][mm], row0 + r));
-          }
-        }
-        break;
-      }
-      case GemvEpilogue::kSwiGlu: {
-        // rows row0 (gate) and row0 + 1 (up) of an interleaved pair; n is even.
-        T* out = static_cast<T*>(p.y);
-        const int j = row0 / 2, inter = n / 2;
-#pragma unroll
-        for (int mm = 0; mm < M; ++mm) {
-          if (lane == mm) {
-            out[static_cast<int64_t>(mm) * inter + j] = FromF<T>(Silu(acc[0][mm]) * acc[1][mm]);
-          }
-        }
-        break;
-      }
-      case GemvEpilogue::kQkvRope: {
-        const int D = p.head_dim, half = D / 2;
-        const int rotated = (p.q_heads + p.kv_heads) * D;
-#pragma unroll
-        for (int mm = 0; mm < M; ++mm) {
-          if (lane != mm) continue;
-          const int pos = p.positions[mm];
-          const int64_t slot_m = p.slots[mm];
-          const float x1 = acc[0][mm], x2 = acc[1][mm];
-          if (row0 < rotated) {
-            const int head = row0 / D, i = (row0 % D) / 2;
-            float sn, cs;
-            sincosf(static_cast<float>(pos) * p.inv_freq[i], &sn, &cs);
-            const float y1 = x1 * cs - x2 * sn, y2 = x2 * cs + x1 * sn;
-            if (head < p.q_heads) {
-              float* qo = p.q_out + (static_cast<int64_t>(mm) * p.q_heads + head) * D;
-              qo[i] = y1;
-              qo[i + half] = y2;
-            } else {
-              T* kc = static_cast<T*>(p.k_cache) +
-                      ((slot_m * p.kv_heads + head - p.q_heads) * p.max_seq_len + pos) * D;
-              kc[i] = FromF<T>(y1);
-              kc[i + half] = FromF<T>(y2);
-            }
-          } else {
-            const int v0 = row0 - rotated, kvh = v0 / D, d = v0 % D;
-            T* vc = static_cast<T*>(p.v_cache) +
-                    ((slot_m * p.kv_heads + kvh) * p.max_seq_len + pos) * D;
-            vc[d] = FromF<T>(x1);
-            vc[d + 1] = FromF<T>(x2);
-          }
-        }
-        break;
-      }
-    }
+    GemvPairOut<T, M>(p, row0, acc, lane, best);
   }
-
-  if (!want_best) return;
-  // The block's best per row, merged into the row's key with atomicMax; the last block to
-  // finish writes the ids and leaves the scratch zeroed for the next launch.
-  if (lane == 0) {
-#pragma unroll
-    for (int mm = 0; mm < M; ++mm) best_s[warp][mm] = best[mm];
-  }
-  __syncthreads();
-  auto* keys = static_cast<unsigned long long*>(p.argmax_scratch);
-  int* counter = reinterpret_cast<int*>(keys + M);
-  if (threadIdx.x < M) {
-    unsigned long long b = 0;
-#pragma unroll
-    for (int q = 0; q < kGemvWarps; ++q) b = max(b, best_s[q][threadIdx.x]);
-    if (b != 0) atomicMax(keys + threadIdx.x, b);
-    __threadfence();
-  }
-  __syncthreads();
-  if (threadIdx.x == 0) ticket = atomicAdd(counter, 1);
-  __syncthreads();
-  if (ticket != static_cast<int>(gridDim.x) - 1) return;
-  __threadfence();
-  if (threadIdx.x < M) {
-    const unsigned long long b = atomicExch(keys + threadIdx.x, 0ull);
-    p.argmax_out[threadIdx.x] = b == 0 ? 0 : static_cast<int32_t>(~static_cast<uint32_t>(b));
-  }
-  if (threadIdx.x == 0) *counter = 0;
+  if (p.argmax_out != nullptr) GemvArgMaxFinish<M>(p, best, best_s, &ticket);
 }
 
-// Blocks of GemvKernel<T, M> that fit on the device at once with `smem` bytes of dynamic
-// shared memory each (register limit cached per device).
-template <typename T, int M, bool kNorm>
-int GemvResidentBlocks(size_t smem) {
-  static std::atomic<int> per_sm_cache[64];
-  static std::atomic<int> sms_cache[64], smem_sm_cache[64];
+struct DeviceInfo {
+  int sms = 0, smem_sm = 0;
+};
+
+// Cached per device (queried outside graph capture by PrepareKernels).
+const DeviceInfo* GetDeviceInfo() {
+  static DeviceInfo cache[64];
+  static std::atomic<bool> ready[64];
   int device = 0;
-  if (cudaGetDevice(&device) != cudaSuccess || device >= 64) return 0;
-  if (per_sm_cache[device].load() == 0) {
-    int sms = 0, per_sm = 0, smem_sm = 0;
-    if (cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device) != cudaSuccess ||
-        cudaDeviceGetAttribute(&smem_sm, cudaDevAttrMaxSharedMemoryPerMultiprocessor, device) !=
-            cudaSuccess ||
-        cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, GemvKernel<T, M, kNorm>, kGemvThreads, 0) !=
+  if (cudaGetDevice(&device) != cudaSuccess || device >= 64) return nullptr;
+  if (!ready[device].load()) {
+    DeviceInfo d;
+    if (cudaDeviceGetAttribute(&d.sms, cudaDevAttrMultiProcessorCount, device) != cudaSuccess ||
+        cudaDeviceGetAttribute(&d.smem_sm, cudaDevAttrMaxSharedMemoryPerMultiprocessor, device) !=
             cudaSuccess) {
+      cudaGetLastError();
+      return nullptr;
+    }
+    cache[device] = d;
+    ready[device].store(true);
+  }
+  return &cache[device];
+}
+
+// Blocks of kKernel (kThreads threads) that fit on the device at once with `smem` bytes of
+// dynamic shared memory each (the register limit cached per device).
+template <auto kKernel, int kThreads>
+int ResidentBlocks(size_t smem) {
+  static std::atomic<int> per_sm_cache[64];
+  int device = 0;
+  const DeviceInfo* d = GetDeviceInfo();
+  if (d == nullptr || cudaGetDevice(&device) != cudaSuccess) return 0;
+  if (per_sm_cache[device].load() == 0) {
+    int per_sm = 0;
+    if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kKernel, kThreads, 0) !=
+        cudaSuccess) {
       cudaGetLastError();
       return 0;
     }
-    sms_cache[device].store(sms);
-    smem_sm_cache[device].store(smem_sm);
     per_sm_cache[device].store(std::max(per_sm, 1));
   }
   int per_sm = per_sm_cache[device].load();
-  if (smem > 0) {
-    const int by_smem = smem_sm_cache[device].load() / static_cast<int>(smem + 1024);
-    per_sm = std::max(1, std::min(per_sm, by_smem));
-  }
-  return sms_cache[device].load() * per_sm;
+  if (smem > 0) per_sm = std::max(1, std::min(per_sm, d->smem_sm / static_cast<int>(smem + 1024)));
+  return d->sms * per_sm;
+}
+
+template <auto kKernel>
+cudaError_t AllowDynamicSmem(int bytes) {
+  return cudaFuncSetAttribute(kKernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes);
 }
 
 template <typename T, int M>
@@ -845,38 +1063,27 @@ cudaError_t ConfigureGemv() {
   cudaError_t e = cudaGetDevice(&device);
   if (e != cudaSuccess) return e;
   if (device < 64 && configured[device].load()) return cudaSuccess;
-  e = cudaFuncSetAttribute(GemvKernel<T, M, true>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                           kGemvMaxSmem);
+  const DeviceInfo* d = GetDeviceInfo();
+  if (d == nullptr) return cudaErrorUnknown;
+  e = AllowDynamicSmem<GemvKernel<T, M, true>>(kGemvMaxSmem);
+  // Fills the occupancy caches now, so that no query happens while a graph is captured.
+  if (e == cudaSuccess && (ResidentBlocks<GemvKernel<T, M, true>, kGemvThreads>(0) == 0 ||
+                           ResidentBlocks<GemvKernel<T, M, false>, kGemvThreads>(0) == 0)) {
+    e = cudaErrorUnknown;
+  }
   if (e == cudaSuccess && device < 64) configured[device].store(true);
   return e;
 }
 
-template <typename T, int M>
-cudaError_t WarmGemv() {
-  // Fills the occupancy caches now, so that no query happens while a graph is captured.
-  return GemvResidentBlocks<T, M, true>(0) > 0 && GemvResidentBlocks<T, M, false>(0) > 0
-             ? cudaSuccess
-             : cudaErrorUnknown;
-}
-
 template <typename T>
 cudaError_t ConfigureGemvAll() {
-  cudaError_t e = cudaSuccess;
-  const cudaError_t warm[] = {WarmGemv<T, 1>(), WarmGemv<T, 2>(), WarmGemv<T, 3>(),
-                              WarmGemv<T, 4>(), WarmGemv<T, 5>(), WarmGemv<T, 6>(),
-                              WarmGemv<T, 7>(), WarmGemv<T, 8>()};
-  for (cudaError_t w : warm) {
-    if (w != cudaSuccess) return w;
+  const cudaError_t e[] = {ConfigureGemv<T, 1>(), ConfigureGemv<T, 2>(), ConfigureGemv<T, 3>(),
+                           ConfigureGemv<T, 4>(), ConfigureGemv<T, 5>(), ConfigureGemv<T, 6>(),
+                           ConfigureGemv<T, 7>(), ConfigureGemv<T, 8>()};
+  for (cudaError_t x : e) {
+    if (x != cudaSuccess) return x;
   }
-  e = ConfigureGemv<T, 1>();
-  if (e == cudaSuccess) e = ConfigureGemv<T, 2>();
-  if (e == cudaSuccess) e = ConfigureGemv<T, 3>();
-  if (e == cudaSuccess) e = ConfigureGemv<T, 4>();
-  if (e == cudaSuccess) e = ConfigureGemv<T, 5>();
-  if (e == cudaSuccess) e = ConfigureGemv<T, 6>();
-  if (e == cudaSuccess) e = ConfigureGemv<T, 7>();
-  if (e == cudaSuccess) e = ConfigureGemv<T, 8>();
-  return e;
+  return cudaSuccess;
 }
 
 size_t GemvSmem(const GemvParams& p) {
@@ -919,17 +1126,14 @@ cudaError_t LaunchGemvM(const GemvParams& p, cudaStream_t stream) {
   const size_t smem = GemvSmem(p);
   const int nvec = p.k * static_cast<int>(sizeof(T)) / 16;
   const bool norm = p.norm_h != nullptr;
-  const int resident =
-      norm ? GemvResidentBlocks<T, M, true>(smem) : GemvResidentBlocks<T, M, false>(0);
+  const int resident = norm ? ResidentBlocks<GemvKernel<T, M, true>, kGemvThreads>(smem)
+                            : ResidentBlocks<GemvKernel<T, M, false>, kGemvThreads>(0);
   const int ks = GemvKSplit(p.n, nvec, resident);
   const int pb = kGemvWarps / ks;
   const int needed = (p.n + 2 * pb - 1) / (2 * pb);
   const dim3 grid(resident > 0 ? std::min(needed, resident) : needed);
-  const int flags = GemvFlags();
-  if (norm) {
-    return Launch(GemvKernel<T, M, true>, grid, dim3(kGemvThreads), smem, stream, p, ks, flags);
-  }
-  return Launch(GemvKernel<T, M, false>, grid, dim3(kGemvThreads), 0, stream, p, ks, flags);
+  if (norm) return Launch(GemvKernel<T, M, true>, grid, dim3(kGemvThreads), smem, stream, p, ks);
+  return Launch(GemvKernel<T, M, false>, grid, dim3(kGemvThreads), 0, stream, p, ks);
 }
 
 template <typename T>
@@ -1188,6 +1392,8 @@ cudaError_t AttentionT(const float* q, const AttnTile* tiles, int n_tiles, const
 cudaError_t PrepareKernels() {
   cudaError_t e = ConfigureAttentionAll<float>();
   if (e == cudaSuccess) e = ConfigureAttentionAll<__nv_bfloat16>();
+  if (e == cudaSuccess) e = ConfigureDecodeAttention<float>();
+  if (e == cudaSuccess) e = ConfigureDecodeAttention<__nv_bfloat16>();
   if (e == cudaSuccess) e = ConfigureGemvAll<float>();
   if (e == cudaSuccess) e = ConfigureGemvAll<__nv_bfloat16>();
   return e;
@@ -1261,6 +1467,27 @@ cudaError_t Attention(const float* q, const AttnTile* tiles, int n_tiles, const 
                            partial, counters, out, stream, older_ready);
 }
 
+int DecodeAttentionKeys(const AttnShape& s, ElemType t) {
+  if (s.head_dim <= 0 || s.head_dim > kMaxDecodeHeadDim || s.kv_heads <= 0 || s.q_heads <= 0 ||
+      s.q_heads % s.kv_heads != 0 || kDecWarps % (s.q_heads / s.kv_heads) != 0 ||
+      (s.head_dim * ElemSize(t)) % 16 != 0) {
+    return 0;
+  }
+  return t == ElemType::kBF16 ? DecCap<__nv_bfloat16>(s.head_dim) : DecCap<float>(s.head_dim);
+}
+
+cudaError_t DecodeAttention(const float* q, const AttnTile* tiles, int n_tiles,
+                            const AttnShape& shape, const void* k_cache, const void* v_cache,
+                            ElemType cache_type, void* out, cudaStream_t stream) {
+  if (n_tiles <= 0) return cudaSuccess;
+  if (DecodeAttentionKeys(shape, cache_type) == 0) return cudaErrorInvalidValue;
+  if (cache_type == ElemType::kBF16) {
+    return LaunchDecodeAttention<__nv_bfloat16>(q, tiles, n_tiles, shape, k_cache, v_cache, out,
+                                                stream);
+  }
+  return LaunchDecodeAttention<float>(q, tiles, n_tiles, shape, k_cache, v_cache, out, stream);
+}
+
 cudaError_t SwiGlu(const float* gu, int rows, int inter, void* out, ElemType t,
                    cudaStream_t stream) {
   const int64_t total = static_cast<int64_t>(rows) * inter;
@@ -1285,10 +1512,14 @@ bool GemvSupported(const GemvParams& p) {
     return false;
   }
   if (p.norm_h != nullptr) {
-    return p.norm_w != nullptr && Aligned16(p.norm_h) && Aligned16(p.norm_w) &&
-           GemvSmem(p) <= kGemvMaxSmem;
+    if (p.norm_w == nullptr || !Aligned16(p.norm_h) || !Aligned16(p.norm_w) ||
+        GemvSmem(p) > kGemvMaxSmem) {
+      return false;
+    }
+  } else if (p.x == nullptr || !Aligned16(p.x)) {
+    return false;
   }
-  return p.x != nullptr && Aligned16(p.x);
+  return true;
 }
 
 cudaError_t GemvEx(const GemvParams& p, cudaStream_t stream) {

@@ -107,6 +107,20 @@ cudaError_t Attention(const float* q, const AttnTile* tiles, int n_tiles, const 
 // Whether Attention supports this shape (head_dim, group size).
 bool AttentionSupported(const AttnShape& shape);
 
+// Decode attention: the same result as Attention for tiles of one row each (n_rows == 1)
+// whose slots appear in no other tile, in one kernel with no partial results in global
+// memory: one block per (tile, kv head) whose warps split the keys and combine in shared
+// memory. The keys before each tile's position are copied to shared memory before waiting
+// on the kernel that writes q (PDL). DecodeAttentionKeys is how many keys a block holds
+// there (0: shape not supported: head_dim > kMaxDecodeHeadDim, rows not a multiple of 16
+// bytes, or a group size that does not divide 16); positions from it on are read from
+// global memory (right, but slower: callers use Attention for them).
+inline constexpr int kMaxDecodeHeadDim = 128;
+int DecodeAttentionKeys(const AttnShape& shape, ElemType cache_type);
+cudaError_t DecodeAttention(const float* q, const AttnTile* tiles, int n_tiles,
+                            const AttnShape& shape, const void* k_cache, const void* v_cache,
+                            ElemType cache_type, void* out, cudaStream_t stream);
+
 // out[r][j] = elem(silu(gu[r][2j]) * gu[r][2j+1]) for j < inter (gate and up interleaved).
 cudaError_t SwiGlu(const float* gu, int rows, int inter, void* out, ElemType t,
                    cudaStream_t stream);

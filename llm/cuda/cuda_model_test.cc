@@ -146,6 +146,33 @@ void ExpectClose(const std::vector<float>& got, const std::vector<double>& want,
 }
 
 const kl::ElemType kTypes[] = {kl::ElemType::kF32, kl::ElemType::kBF16};
+
+// float64 reference of the skinny GEMM with the fused (deferred) norm, as the kernel
+// defines it: x = elem(h[map[i]] * g), y[i][j] = rsqrt(mean(h[map[i]]^2) + eps) * (x . w[j]).
+std::vector<double> NormGemvReference(const std::vector<float>& h, const std::vector<int32_t>& map,
+                                      const std::vector<float>& g, const std::vector<float>& w,
+                                      int n, int k, kl::ElemType t, double eps) {
+  const int m = static_cast<int>(map.size());
+  std::vector<double> y(size_t(m) * n);
+  for (int i = 0; i < m; ++i) {
+    const float* hr = h.data() + size_t(map[i]) * k;
+    double ss = 0;
+    for (int kk = 0; kk < k; ++kk) ss += double(hr[kk]) * hr[kk];
+    const double r = 1 / std::sqrt(ss / k + eps);
+    std::vector<float> x(k);
+    for (int kk = 0; kk < k; ++kk) {
+      const float v = hr[kk] * g[kk];
+      x[kk] = t == kl::ElemType::kF32 ? v : RoundBf16(v);
+    }
+    for (int j = 0; j < n; ++j) {
+      double acc = 0;
+      for (int kk = 0; kk < k; ++kk) acc += double(x[kk]) * w[size_t(j) * k + kk];
+      y[size_t(i) * n + j] = acc * r;
+    }
+  }
+  return y;
+}
+
 const char* Name(kl::ElemType t) { return t == kl::ElemType::kF32 ? "f32" : "bf16"; }
 
 // ---------------------------------------------------------------- kernels
@@ -272,6 +299,36 @@ struct AttnCase {
   std::vector<kl::AttnTile> tiles;
 };
 
+// float64 causal attention of rows (slot[r], pos[r]) over caches [slot][kv head][max_seq][D].
+std::vector<double> AttentionReference(const std::vector<float>& q, const std::vector<float>& kr,
+                                       const std::vector<float>& vr, const std::vector<int>& slot,
+                                       const std::vector<int>& pos, const kl::AttnShape& shape) {
+  const int qh = shape.q_heads, kvh = shape.kv_heads, D = shape.head_dim;
+  const int group = qh / kvh, max_seq = shape.max_seq_len;
+  std::vector<double> want;
+  for (size_t r = 0; r < slot.size(); ++r) {
+    for (int h = 0; h < qh; ++h) {
+      const size_t base = (size_t(slot[r]) * kvh + h / group) * max_seq;
+      std::vector<double> sc(pos[r] + 1);
+      double mx = -1e300;
+      for (int j = 0; j <= pos[r]; ++j) {
+        double s = 0;
+        for (int d = 0; d < D; ++d) s += double(q[(r * qh + h) * D + d]) * kr[(base + j) * D + d];
+        sc[j] = s / std::sqrt(double(D));
+        mx = std::max(mx, sc[j]);
+      }
+      double tot = 0;
+      for (double& s : sc) tot += (s = std::exp(s - mx));
+      for (int d = 0; d < D; ++d) {
+        double o = 0;
+        for (int j = 0; j <= pos[r]; ++j) o += sc[j] * vr[(base + j) * D + d];
+        want.push_back(o / tot);
+      }
+    }
+  }
+  return want;
+}
+
 TEST(LlmKernels, AttentionMatchesReference) {
   SKIP_WITHOUT_GPU();
   const uint64_t seed = FreshSeed();
@@ -300,27 +357,7 @@ TEST(LlmKernels, AttentionMatchesReference) {
         auto vc = Elems(Random(cache, rng), t, &vr);
         const std::vector<float> q = Random(size_t(rows) * qh * D, rng);
         auto dq = Buf::Of(q), dt = Buf::Of(c.tiles);
-        std::vector<double> want;
-        for (int r = 0; r < rows; ++r) {
-          for (int h = 0; h < qh; ++h) {
-            const size_t base = (size_t(c.slot[r]) * kvh + h / group) * max_seq;
-            std::vector<double> sc(c.pos[r] + 1);
-            double mx = -1e300;
-            for (int j = 0; j <= c.pos[r]; ++j) {
-              double s = 0;
-              for (int d = 0; d < D; ++d) s += double(q[(size_t(r) * qh + h) * D + d]) * kr[(base + j) * D + d];
-              sc[j] = s / std::sqrt(double(D));
-              mx = std::max(mx, sc[j]);
-            }
-            double tot = 0;
-            for (double& s : sc) tot += (s = std::exp(s - mx));
-            for (int d = 0; d < D; ++d) {
-              double o = 0;
-              for (int j = 0; j <= c.pos[r]; ++j) o += sc[j] * vr[(base + j) * D + d];
-              want.push_back(o / tot);
-            }
-          }
-        }
+        const std::vector<double> want = AttentionReference(q, kr, vr, c.slot, c.pos, shape);
         for (int split : {max_seq, 32, 64}) {
           const int max_splits = (max_seq + split - 1) / split;
           Buf partial(size_t(rows) * qh * max_splits * (D + 2) * 4);
@@ -341,6 +378,58 @@ TEST(LlmKernels, AttentionMatchesReference) {
       }
     }
   }
+}
+
+// DecodeAttention against the float64 reference: one-row tiles of distinct slots at
+// positions around the 32-key chunks and around the keys a block holds in shared memory
+// (`cap`; from there on keys are read from global memory), several group sizes.
+TEST(LlmKernels, DecodeAttentionMatchesReference) {
+  SKIP_WITHOUT_GPU();
+  const uint64_t seed = FreshSeed();
+  SCOPED_TRACE(absl::StrCat("seed ", seed));
+  std::mt19937_64 rng(seed);
+  for (kl::ElemType t : kTypes) {
+    for (int D : {16, 64, 128}) {
+      for (int group : {1, 4, 8}) {
+        const int kvh = 2, qh = kvh * group;
+        const int cap = kl::DecodeAttentionKeys({qh, kvh, D, 1 << 20}, t);
+        ASSERT_GT(cap, 0) << Name(t) << " D=" << D << " group=" << group;
+        const int max_seq = cap + 40;
+        const kl::AttnShape shape{qh, kvh, D, max_seq};
+        std::vector<int> pos = {0, 1, 31, 32, 33, 77, cap - 1, cap, max_seq - 1};
+        std::vector<int> slot(pos.size());
+        std::vector<kl::AttnTile> tiles;
+        for (size_t r = 0; r < pos.size(); ++r) {
+          slot[r] = static_cast<int>(pos.size() - 1 - r);  // distinct, not in row order
+          tiles.push_back({static_cast<int32_t>(r), 1, slot[r], pos[r]});
+        }
+        const int slots = static_cast<int>(pos.size()), rows = slots;
+        const size_t cache = size_t(slots) * kvh * max_seq * D;
+        std::vector<float> kr, vr;
+        auto kc = Elems(Random(cache, rng), t, &kr);
+        auto vc = Elems(Random(cache, rng), t, &vr);
+        const std::vector<float> q = Random(size_t(rows) * qh * D, rng);
+        auto dq = Buf::Of(q), dt = Buf::Of(tiles);
+        const std::vector<double> want = AttentionReference(q, kr, vr, slot, pos, shape);
+        Buf out(size_t(rows) * qh * D * 4);
+        out.Poison(size_t(rows) * qh * D * 4);
+        ASSERT_EQ(kl::DecodeAttention(dq->get<float>(), dt->get<kl::AttnTile>(), rows, shape,
+                                      kc->get(), vc->get(), t, out.get(), nullptr),
+                  cudaSuccess);
+        ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+        ExpectClose(ElemsBack(out, t, want.size()), want, t == kl::ElemType::kF32 ? 1e-5 : 8e-3,
+                    absl::StrCat(Name(t), " D=", D, " group=", group, " cap=", cap));
+      }
+    }
+  }
+  // Shapes it does not take: a group size that does not divide 16, head_dim over 128, rows
+  // not a multiple of 16 bytes.
+  EXPECT_EQ(kl::DecodeAttentionKeys({6, 2, 64, 256}, kl::ElemType::kBF16), 0);
+  EXPECT_EQ(kl::DecodeAttentionKeys({4, 2, 256, 256}, kl::ElemType::kBF16), 0);
+  EXPECT_EQ(kl::DecodeAttentionKeys({4, 2, 12, 256}, kl::ElemType::kBF16), 0);
+  EXPECT_EQ(kl::DecodeAttention(nullptr, nullptr, 1, {6, 2, 64, 256}, nullptr, nullptr,
+                                kl::ElemType::kBF16, nullptr, nullptr),
+            cudaErrorInvalidValue);
 }
 
 TEST(LlmKernels, GemvMatchesReference) {
@@ -418,9 +507,9 @@ TEST(LlmKernels, FusedGemvModesMatchTheUnfusedKernels) {
   SCOPED_TRACE(absl::StrCat("seed ", seed));
   std::mt19937_64 rng(seed);
   for (kl::ElemType t : kTypes) {
-    const double tol = t == kl::ElemType::kF32 ? 1e-5 : 2e-3;
-    // k = 32 and 48 (f32: fewer 16-byte loads than lanes) as in the tiny fixtures.
-    for (int k : {256, 32, 48, 64})
+    // k = 256 .. 64 as in the tiny fixtures (f32 32 and 48: fewer 16-byte loads than a
+    // warp has lanes), 2048 as in a 1B model; references in float64 (NormGemvReference).
+    for (int k : {256, 32, 48, 64, 2048})
     for (int m : {1, 3, 8}) {
       const int n = 96, hrows = 10;
       std::vector<float> w, g;
@@ -430,23 +519,10 @@ TEST(LlmKernels, FusedGemvModesMatchTheUnfusedKernels) {
       std::vector<int32_t> map(m);
       for (int i = 0; i < m; ++i) map[i] = (7 * i + 3) % hrows;
       auto dh = Buf::Of(h), dmap = Buf::Of(map);
-      std::vector<double> want(size_t(m) * n);
-      for (int i = 0; i < m; ++i) {
-        double ss = 0;
-        for (int kk = 0; kk < k; ++kk) ss += double(h[map[i] * k + kk]) * h[map[i] * k + kk];
-        const double r = 1 / std::sqrt(ss / k + 1e-5);
-        std::vector<float> x(k);
-        for (int kk = 0; kk < k; ++kk) {
-          const float v = static_cast<float>(h[map[i] * k + kk] * r * g[kk]);
-          x[kk] = t == kl::ElemType::kF32 ? v : RoundBf16(v);
-        }
-        for (int j = 0; j < n; ++j) {
-          double acc = 0;
-          for (int kk = 0; kk < k; ++kk) acc += double(x[kk]) * w[size_t(j) * k + kk];
-          want[size_t(i) * n + j] = acc;
-        }
-      }
+      const std::vector<double> want = NormGemvReference(h, map, g, w, n, k, t, 1e-5);
       const std::vector<float> y0 = Random(size_t(m) * n, rng);
+      std::vector<double> added(want.size());
+      for (size_t i = 0; i < want.size(); ++i) added[i] = want[i] + y0[i];
       auto dy = Buf::Of(y0);
       kl::GemvParams p;
       p.w = dw->get();
@@ -463,9 +539,8 @@ TEST(LlmKernels, FusedGemvModesMatchTheUnfusedKernels) {
       ASSERT_TRUE(kl::GemvSupported(p));
       ASSERT_EQ(kl::GemvEx(p, nullptr), cudaSuccess);
       ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
-      std::vector<double> added(want.size());
-      for (size_t i = 0; i < want.size(); ++i) added[i] = want[i] + y0[i];
-      ExpectClose(dy->Get<float>(want.size()), added, tol, absl::StrCat(Name(t), " k=", k, " m=", m, " norm+add"));
+      ExpectClose(dy->Get<float>(want.size()), added, 1e-5,
+                  absl::StrCat(Name(t), " k=", k, " m=", m, " norm+add"));
     }
     // q/k/v with rope: 4 query heads, 2 kv heads of 32 (k = 128), or of 8 (k = 32, the
     // shape of tiny_chat: rotary pairs (i, i + 4)).
@@ -497,6 +572,7 @@ TEST(LlmKernels, FusedGemvModesMatchTheUnfusedKernels) {
                                 dslot->get<int32_t>(), dinv->get<float>(), q1.get<float>(),
                                 k1.get(), v1.get(), t, max_seq, nullptr),
                 cudaSuccess);
+      q2.Poison(size_t(m) * qh * D * 4);
       kl::GemvParams p;
       p.w = dw->get();
       p.type = t;
@@ -515,6 +591,7 @@ TEST(LlmKernels, FusedGemvModesMatchTheUnfusedKernels) {
       p.q_out = q2.get<float>();
       p.k_cache = k2.get();
       p.v_cache = v2.get();
+      ASSERT_TRUE(kl::GemvSupported(p));
       ASSERT_EQ(kl::GemvEx(p, nullptr), cudaSuccess);
       ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
       const std::vector<float> a = q1.Get<float>(size_t(m) * qh * D);
@@ -536,6 +613,9 @@ TEST(LlmKernels, FusedGemvModesMatchTheUnfusedKernels) {
       auto dg = Elems(Random(k, rng), t, &g);
       const std::vector<float> h = Random(size_t(hrows) * k, rng);
       auto dh = Buf::Of(h);
+      std::vector<int32_t> rows(m);
+      for (int i = 0; i < m; ++i) rows[i] = i;
+      const std::vector<double> want = NormGemvReference(h, rows, g, w, n, k, t, 1e-5);
       Buf y(size_t(m) * n * 4), ids(m * 4), x(size_t(m) * k * 4), ref_ids(m * 4);
       const size_t scratch_bytes = kl::ArgMaxScratchBytes(m);
       Buf scratch(scratch_bytes);
@@ -567,14 +647,11 @@ TEST(LlmKernels, FusedGemvModesMatchTheUnfusedKernels) {
       ASSERT_TRUE(kl::GemvSupported(p));
       for (int rep = 0; rep < 2; ++rep) {
         ids.Poison(m * 4);
+        y.Poison(size_t(m) * n * 4);
         ASSERT_EQ(kl::GemvEx(p, nullptr), cudaSuccess);
         ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
         const std::vector<float> logits = y.Get<float>(size_t(m) * n);
-        const std::vector<float> want = y_ref.Get<float>(size_t(m) * n);
-        // bf16: the fused norm rounds elem(h * w) and scales after the GEMM, the unfused one
-        // rounds elem(h * rsqrt * w): one bf16 rounding of x apart.
-        ExpectClose(logits, std::vector<double>(want.begin(), want.end()),
-                    t == kl::ElemType::kF32 ? 1e-5 : 8e-3, "LM head logits");
+        ExpectClose(logits, want, 1e-5, "LM head logits");
         const std::vector<int32_t> got = ids.Get<int32_t>(m);
         for (int i = 0; i < m; ++i) {
           EXPECT_EQ(got[i], SampleToken(logits.data() + size_t(i) * n, n, SamplingParams{}))
@@ -686,8 +763,10 @@ TEST(LlmKernels, GemvArgMaxIsSampleTokensGreedyChoice) {
 // ---------------------------------------------------------------- the model
 
 std::unique_ptr<Model> LoadCuda(const std::string& name, CudaDType dtype, bool graphs = true,
-                                Communicator* comm = nullptr, int split_len = 0) {
+                                Communicator* comm = nullptr, int split_len = 0,
+                                bool decode_attention = true) {
   CudaModelOptions o;
+  o.decode_attention = decode_attention;
   o.dtype = dtype;
   o.max_slots = 6;
   o.max_seq_len = 256;
@@ -737,13 +816,16 @@ TEST_P(FixtureTest, F32LogitsMatchTransformers) {
 
 TEST_P(FixtureTest, F32GreedyMatchesTransformers) {
   const nlohmann::json ref = Expected(GetParam());
+  // Decode steps on DecodeAttention (the default) and on the flash-decoding splits.
+  for (bool decode_attention : {true, false})
   for (bool graphs : {true, false}) {
-    auto m = LoadCuda(GetParam(), CudaDType::kF32, graphs, nullptr, graphs ? 32 : 0);
+    auto m = LoadCuda(GetParam(), CudaDType::kF32, graphs, nullptr, graphs ? 32 : 0,
+                      decode_attention);
     ASSERT_NE(m, nullptr);
     int slot = 0;
     for (const auto& g : ref["greedy"]) {
       EXPECT_EQ(Greedy(m.get(), Ids(g["prompt"]), 64, slot++), Ids(g["tokens"]))
-          << "graphs " << graphs;
+          << "graphs " << graphs << " decode_attention " << decode_attention;
     }
   }
 }
