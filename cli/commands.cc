@@ -361,7 +361,22 @@ int Ingest(const std::string& router, const IngestOptions& o) {
     SetDeadline(&ctx, absl::Seconds(30));
     if (grpc::Status s = stub->DescribeCollection(&ctx, describe, &info); !s.ok()) return Fail(s);
   }
-  if ((*source)->dim() != static_cast<int>(info.collection().spec().dim())) {
+  // A JSONL file of texts without vectors: the router embeds them with the collection's
+  // embedder (a vector-less block of payload texts).
+  const bool texts_only = (*source)->dim() == 0 && std::string((*source)->format()) == "jsonl";
+  if (texts_only && info.collection().spec().embedder().empty()) {
+    return Fail(absl::FailedPreconditionError(absl::StrFormat(
+        "embedder: %s has texts without vectors, and collection '%s' has no embedder to make "
+        "them (create it with --embedder hash-tfidf-v1, or give every row a \"vector\")",
+        o.file, o.collection)));
+  }
+  if (texts_only && !info.collection().trained()) {
+    return Fail(absl::FailedPreconditionError(absl::StrFormat(
+        "%s: texts without vectors cannot train collection '%s' (%s): ingest vectors into it "
+        "first, which trains it, or use a Flat index",
+        o.file, o.collection, info.collection().spec().index_spec())));
+  }
+  if (!texts_only && (*source)->dim() != static_cast<int>(info.collection().spec().dim())) {
     return Fail(absl::InvalidArgumentError(absl::StrFormat("%s: dimension %d does not match collection '%s' (dim %d)",
                                                            o.file, (*source)->dim(), o.collection,
                                                            info.collection().spec().dim())));

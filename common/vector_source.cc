@@ -650,6 +650,7 @@ absl::StatusOr<std::unique_ptr<VectorSource>> OpenHdf5(const std::string& path, 
 
 struct JsonRow {
   std::vector<float> vector;
+  bool has_vector = false;
   std::optional<uint64_t> id;
   std::string text;                             // "" = none
   std::map<std::string, std::string> metadata;  // empty = none
@@ -720,9 +721,12 @@ absl::Status ParseJsonRow(const std::string& line, JsonRow* row) {
       }
     }
     const auto vector = j.find("vector");
-    if (vector == j.end()) return absl::InvalidArgumentError("no \"vector\"");
-    absl::Status s = ParseVector(*vector, &row->vector);
-    if (!s.ok()) return s;
+    row->has_vector = vector != j.end() && !vector->is_null();
+    row->vector.clear();
+    if (row->has_vector) {
+      absl::Status s = ParseVector(*vector, &row->vector);
+      if (!s.ok()) return s;
+    }
     row->id.reset();
     if (const auto id = j.find("id"); id != j.end()) {
       absl::StatusOr<uint64_t> parsed = ParseId(*id);
@@ -806,14 +810,24 @@ class JsonlSource : public VectorSource {
     return true;
   }
 
-  // The first row fixes the dimension and whether rows carry ids.
+  // The first row fixes the dimension and whether rows carry ids and vectors.
   absl::Status CheckConsistent(const JsonRow& row) {
     const int64_t n = static_cast<int64_t>(row.vector.size());
+    if (!row.has_vector && row.text.empty()) {
+      return absl::InvalidArgumentError(
+          "no \"vector\" and no \"text\" (a row without a vector needs the text to embed)");
+    }
     if (row_ == 0) {
       if (n > kMaxDim) return absl::InvalidArgumentError(absl::StrFormat("dimension %d is not plausible", n));
       dim_ = static_cast<int>(n);
       has_ids_ = row.id.has_value();
+      has_vectors_ = row.has_vector;
       return absl::OkStatus();
+    }
+    if (row.has_vector != has_vectors_) {
+      return absl::InvalidArgumentError(
+          absl::StrFormat("%s \"vector\" but row 0 %s; either every row has a vector or none does",
+                          has_vectors_ ? "has no" : "has a", has_vectors_ ? "has one" : "has none"));
     }
     if (n != dim_) {
       return absl::InvalidArgumentError(
@@ -831,6 +845,7 @@ class JsonlSource : public VectorSource {
   std::ifstream in_;
   int dim_ = 0;
   bool has_ids_ = false;
+  bool has_vectors_ = true;
   int64_t row_ = 0;   // rows parsed so far
   int64_t line_ = 0;  // lines read so far, blank ones included
   JsonRow pending_;   // read but not yet returned: the first row, read by Open

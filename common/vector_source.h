@@ -23,8 +23,10 @@
 // "<path>: ..." for the header; a file that cannot be opened is NOT_FOUND. Rows count
 // from 0 (for JSONL, blank lines are not rows; messages add the 1-based line number).
 //
-// JSONL: "vector" is required; "id" (an integer in [0, 2^64-2]) is on every row or on
-// none; "text" is a string (null or "" = none); "metadata" is an object whose string
+// JSONL: "vector" and "id" (an integer in [0, 2^64-2]) are each on every row or on none;
+// "text" is a string, and "vector" an array (null or "" / null = none); a file without
+// vectors is text for a collection
+// with an embedder (dim() is 0, and every row needs a non-empty "text"); "metadata" is an object whose string
 // values are kept, numbers and booleans become their JSON text (2.50 -> "2.5", true ->
 // "true"), and null values drop the key. Other keys are refused, so typos are not
 // silently lost.
@@ -72,7 +74,8 @@ class VectorSource {
   VectorSource& operator=(const VectorSource&) = delete;
   virtual ~VectorSource() = default;
 
-  // Components per vector; known after Open (0 only for an empty JSONL file).
+  // Components per vector; known after Open (0 only for an empty JSONL file or one of
+  // texts without vectors).
   virtual int dim() const = 0;
   // Rows in the file; -1 when unknown until read (JSONL).
   virtual int64_t total_rows() const = 0;

@@ -441,6 +441,28 @@ TEST(VectorSourceTest, JsonlWithoutIdsUsesRowNumbers) {
   EXPECT_TRUE(got->ids.empty());
 }
 
+// Texts without vectors, for a collection whose router embeds them: dimension 0, one text
+// per row, ids and metadata as with vectors.
+TEST(VectorSourceTest, JsonlOfTextsWithoutVectors) {
+  const std::string path = TempPath("texts.jsonl");
+  WriteBytes(path,
+             "{\"id\": 3, \"text\": \"large wild cat\", \"metadata\": {\"k\": \"v\"}}\n"
+             "\n"
+             "{\"id\": 9, \"text\": \"a motor vehicle\"}\n"
+             "{\"id\": 4, \"text\": \"sweet fruit\", \"vector\": null}\n");
+  for (int64_t batch : {1, 2, 100}) {
+    SCOPED_TRACE(batch);
+    absl::StatusOr<ReadBack> got = ReadAll(path, batch);
+    ASSERT_TRUE(got.ok()) << got.status();
+    EXPECT_EQ(got->dim, 0);
+    EXPECT_EQ(got->rows, 3);
+    EXPECT_TRUE(got->data.empty());
+    EXPECT_THAT(got->ids, ElementsAre(3, 9, 4));
+    EXPECT_THAT(got->texts, ElementsAre("large wild cat", "a motor vehicle", "sweet fruit"));
+    EXPECT_THAT(got->metadata, ElementsAre(Metadata{{"k", "v"}}, Metadata(), Metadata()));
+  }
+}
+
 TEST(VectorSourceTest, JsonlEmptyFileHasNoRows) {
   const std::string path = TempPath("empty.jsonl");
   WriteBytes(path, "\n  \n");
@@ -456,7 +478,13 @@ TEST(VectorSourceTest, JsonlErrorsNameTheRow) {
     std::string message;
   };
   const std::vector<Case> cases = {
-      {"{\"vector\": [1, 2]}\n\n{\"id\": 2}\n", "row 1: no \"vector\" (line 3)"},
+      {"{\"vector\": [1, 2]}\n\n{\"id\": 2, \"text\": \"a\"}\n",
+       "row 1: has no \"vector\" but row 0 has one; either every row has a vector or none does (line 3)"},
+      {"{\"text\": \"a\"}\n{\"vector\": [1, 2], \"text\": \"b\"}\n",
+       "row 1: has a \"vector\" but row 0 has none"},
+      {"{\"vector\": [1, 2]}\n{\"id\": 2}\n",
+       "row 1: no \"vector\" and no \"text\" (a row without a vector needs the text to embed) (line 2)"},
+      {"{\"text\": \"a\"}\n{\"text\": \"\"}\n", "row 1: no \"vector\" and no \"text\""},
       {"{\"vector\": [1, 2]}\n{\"vector\": [1, 2]}\n{\"vector\": [1, 2, 3]}\n",
        "row 2: vector has 3 components; the first row's has 2"},
       {"{\"vector\": [1, 2]}\n{\"vector\": [1, 2}\n", "row 1: bad JSON: parse error"},

@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "embed/text_embedder.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
@@ -20,6 +21,7 @@
 namespace shardvec::testing {
 namespace {
 
+using ::testing::ElementsAreArray;
 using ::testing::HasSubstr;
 
 constexpr int kDim = 64;
@@ -338,6 +340,59 @@ TEST_F(TextE2ETest, CliLoadsWordNetAndSearchesByText) {
   r = cluster_->Cli({"search", "wordnet", "--text", "large wild cat", "--queries", "q.fvecs"});
   EXPECT_EQ(r.exit_code, 1);
   EXPECT_THAT(r.err, HasSubstr("either --queries FILE or --text TEXT"));
+}
+
+// A JSONL file of texts without vectors goes in through `shardvec ingest`: the router embeds
+// each row's text, exactly as for texts sent by Upsert. Refused, saying why: the same file
+// for a collection without an embedder, and a file that mixes rows with and without vectors.
+TEST_F(TextE2ETest, CliIngestsJsonlTextsAsUpsertedTexts) {
+  auto stub = cluster_->Client();
+  const std::vector<std::string> docs = Corpus();
+  const std::string dir = TestDir("jsonl_texts");
+  std::ofstream(dir + "/fit.txt") << absl::StrJoin(docs, "\n") << "\n";
+  {
+    std::ofstream f(dir + "/docs.jsonl");
+    for (size_t i = 0; i < docs.size(); ++i) {
+      f << "{\"id\": " << i << ", \"text\": \"" << docs[i] << "\", \"metadata\": {\"n\": " << i << "}}\n";
+    }
+  }
+  CliResult r = cluster_->Cli({"collection", "create", "jsonl_texts", "--dim", std::to_string(kDim),
+                               "--embedder", "hash-tfidf-v1", "--fit-texts", dir + "/fit.txt"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  r = cluster_->Cli({"ingest", "jsonl_texts", dir + "/docs.jsonl", "--batch", "7"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_THAT(r.out, HasSubstr(absl::StrCat("ingested ", docs.size())));
+
+  // The same documents fitted and upserted through the API.
+  ASSERT_TRUE(CreateTextCollection(stub.get(), "upserted_texts", docs).ok());
+  ASSERT_TRUE(UpsertTexts(stub.get(), "upserted_texts", docs).ok());
+  const std::vector<std::string> queries = {"large wild cat", "a bird in the city", "striped horse"};
+  v1::SearchResponse ingested, upserted;
+  ASSERT_TRUE(SearchText(stub.get(), "jsonl_texts", queries, 5, &ingested, true).ok());
+  ASSERT_TRUE(SearchText(stub.get(), "upserted_texts", queries, 5, &upserted).ok());
+  ASSERT_EQ(ingested.results_size(), 3);
+  for (int q = 0; q < 3; ++q) {
+    const v1::QueryResult& a = ingested.results(q);
+    const v1::QueryResult& b = upserted.results(q);
+    ASSERT_EQ(a.ids_size(), 5) << queries[q];
+    EXPECT_THAT(a.ids(), ElementsAreArray(b.ids())) << queries[q];
+    EXPECT_THAT(a.distances(), ElementsAreArray(b.distances())) << queries[q];
+    for (int i = 0; i < a.ids_size(); ++i) {
+      EXPECT_EQ(a.payloads(i).text(), docs[a.ids(i)]);
+      EXPECT_EQ(a.payloads(i).metadata().at("n"), std::to_string(a.ids(i)));
+    }
+  }
+
+  ASSERT_TRUE(CreateCollection(stub.get(), "jsonl_vectors", kDim, "Flat", v1::COSINE).ok());
+  r = cluster_->Cli({"ingest", "jsonl_vectors", dir + "/docs.jsonl"});
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_THAT(r.err, HasSubstr("embedder: "));
+  EXPECT_THAT(r.err, HasSubstr("has no embedder"));
+  std::ofstream(dir + "/mixed.jsonl") << "{\"id\": 1, \"text\": \"a cat\"}\n"
+                                      << "{\"id\": 2, \"text\": \"a dog\", \"vector\": [1, 2]}\n";
+  r = cluster_->Cli({"ingest", "jsonl_texts", dir + "/mixed.jsonl"});
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_THAT(r.err, HasSubstr("mixed.jsonl: row 1: has a \"vector\" but row 0 has none"));
 }
 
 }  // namespace
