@@ -55,6 +55,8 @@ struct Flags {
   int max_seq_len = 1024;
   int attention_split_len = 0;
   bool decode_attention = true;
+  float temperature = 0.0f;  // decode sampling (0: greedy)
+  float top_p = 1.0f;
   std::string config;  // a config.json; default: Llama-3.2-1B's shape
 };
 
@@ -137,7 +139,8 @@ void PrintRow(const std::string& impl, const Row& r) {
 }
 
 // Decode `steps` steps of `batch` sequences after a prefill of `context` tokens each.
-double DecodeMs(Model* m, int batch, int context, int steps) {
+double DecodeMs(Model* m, int batch, int context, int steps, float temperature = 0.0f,
+                float top_p = 1.0f) {
   const int vocab = m->config().vocab_size;
   std::vector<int32_t> next;
   CHECK_OK(m->Forward(Prompts(batch, context, vocab, batch), &next, nullptr));
@@ -152,7 +155,10 @@ double DecodeMs(Model* m, int batch, int context, int steps) {
   for (int i = 0; i < warmup + steps; ++i) {
     if (i == warmup) t0 = Now();
     b.tokens = next;
-    for (int s = 0; s < batch; ++s) b.positions[s] = context + i;
+    for (int s = 0; s < batch; ++s) {
+      b.positions[s] = context + i;
+      b.sampling[s] = {temperature, top_p, static_cast<uint64_t>(s), static_cast<uint64_t>(i)};
+    }
     CHECK_OK(m->Forward(b, &next, nullptr));
   }
   return (Now() - t0) * 1e3 / steps;
@@ -223,7 +229,7 @@ int RunRank0(const Flags& f, const LlamaConfig& cfg, llm::Communicator* comm) {
   auto m = Create(f, cfg, max_batch, comm, 0, f.graphs, f.pdl);
   std::vector<Row> rows;
   for (int b : batches) {
-    const double ms = DecodeMs(m.get(), b, f.context, f.steps);
+    const double ms = DecodeMs(m.get(), b, f.context, f.steps, f.temperature, f.top_p);
     rows.push_back({"decode", std::to_string(b), b, ms, b == 1 ? floor_ms : 0});
   }
   for (auto [b, len] : prefills) {
@@ -231,8 +237,11 @@ int RunRank0(const Flags& f, const LlamaConfig& cfg, llm::Communicator* comm) {
   }
   if (comm != nullptr) CHECK_OK(m->StopFollowers());
   m.reset();
-  std::printf("\ncontext %d tokens before decoding; decode ms/step = mean of %d steps\n",
-              f.context, f.steps);
+  std::printf("\ncontext %d tokens before decoding; decode ms/step = mean of %d steps; %s\n",
+              f.context, f.steps,
+              f.temperature > 0 ? absl::StrFormat("sampling: temperature %.2f, top-p %.2f",
+                                                  f.temperature, f.top_p).c_str()
+                                : "greedy");
   std::printf("| %-12s | %-8s | %-6s | %11s | %9s | %10s | %s |\n", "impl", "phase", "batch",
               "tokens/step", "ms/step", "tokens/s", "of floor");
   std::printf("|--------------|----------|--------|-------------|-----------|------------|----------|\n");
@@ -272,6 +281,8 @@ int Main(int argc, char** argv) {
   app.add_option("--max-seq-len", f.max_seq_len, "positions per sequence");
   app.add_option("--attention-split-len", f.attention_split_len,
                  "keys per flash-decoding split (0: the model's default)");
+  app.add_option("--temperature", f.temperature, "decode sampling temperature (0: greedy)");
+  app.add_option("--top-p", f.top_p, "decode sampling top-p");
   app.add_option("--decode-attention", f.decode_attention,
                  "single-row decode steps on the one-kernel decode attention");
   app.add_option("--config", f.config, "a config.json (default: Llama-3.2-1B's shape)");

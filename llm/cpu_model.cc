@@ -245,9 +245,9 @@ absl::Status CpuModelImpl::Forward(const ForwardBatch& batch, std::vector<int32_
   const int V = cfg_.vocab_size;
   if (next_tokens != nullptr) {
     next_tokens->resize(batch.sample_rows.size());
-    for (size_t i = 0; i < batch.sample_rows.size(); ++i) {
-      (*next_tokens)[i] = SampleToken(all_logits.data() + i * V, V, batch.sampling[i]);
-    }
+    std::vector<const float*> rows(batch.sample_rows.size());
+    for (size_t i = 0; i < rows.size(); ++i) rows[i] = all_logits.data() + i * V;
+    SampleTokens(rows, V, batch.sampling, next_tokens->data());
   }
   if (logits != nullptr) *logits = std::move(all_logits);
   return absl::OkStatus();

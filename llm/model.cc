@@ -2,8 +2,10 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <numeric>
+#include <thread>
 
 #include "absl/strings/str_cat.h"
 #include "llm/comm.h"
@@ -49,6 +51,88 @@ float SampleUniform(uint64_t seed, uint64_t step) {
   return static_cast<float>(h >> 40) * (1.0f / 16777216.0f);
 }
 
+void SampleTokens(const std::vector<const float*>& rows, int vocab,
+                  const std::vector<SamplingParams>& params, int32_t* out, int threads) {
+  std::vector<size_t> sampled;
+  for (size_t i = 0; i < rows.size(); ++i) {
+    if (rows[i] == nullptr) continue;
+    if (params[i].temperature > 0.0f) {
+      sampled.push_back(i);
+    } else {
+      out[i] = SampleToken(rows[i], vocab, params[i]);
+    }
+  }
+  if (threads <= 0) {
+    // SHARDVEC_SAMPLE_THREADS overrides the default, for tuning runs.
+    static const int fixed = [] {
+      const char* v = std::getenv("SHARDVEC_SAMPLE_THREADS");
+      return v != nullptr ? std::atoi(v) : 0;
+    }();
+    threads = fixed > 0 ? fixed
+                        : static_cast<int>(std::min(16u, std::max(1u, std::thread::hardware_concurrency())));
+  }
+  const size_t workers = std::min<size_t>(sampled.size(), static_cast<size_t>(threads));
+  auto work = [&](size_t w) {
+    for (size_t j = w; j < sampled.size(); j += workers) {
+      const size_t i = sampled[j];
+      out[i] = SampleToken(rows[i], vocab, params[i]);
+    }
+  };
+  std::vector<std::thread> pool;
+  for (size_t w = 1; w < workers; ++w) pool.emplace_back(work, w);
+  if (workers > 0) work(0);
+  for (std::thread& t : pool) t.join();
+}
+
+namespace {
+
+// Ids in SampleToken's order (probability descending, id ascending on ties), produced
+// lazily: ids are bucketed by the top bits of their probability's float bits (monotonic
+// for values >= 0), and each bucket is sorted only when the walk reaches it. A walk that
+// stops after a prefix of P ids costs one pass over the vocabulary plus sorting about P
+// ids, where a sort of the whole vocabulary would cost V log V.
+class DescendingOrder {
+ public:
+  explicit DescendingOrder(const std::vector<float>& prob) : prob_(prob) {
+    const int vocab = static_cast<int>(prob.size());
+    std::vector<int32_t> start(kBuckets + 1, 0);
+    for (int i = 0; i < vocab; ++i) ++start[Bucket(prob[i]) + 1];
+    for (int b = 0; b < kBuckets; ++b) start[b + 1] += start[b];
+    bucket_start_ = start;
+    ids_.resize(vocab);
+    for (int i = 0; i < vocab; ++i) ids_[start[Bucket(prob[i])]++] = i;  // id order within
+    next_bucket_ = kBuckets - 1;
+  }
+
+  // The id at position j of the order (j < vocab), sorting buckets as needed.
+  int32_t At(size_t j) {
+    while (j >= order_.size()) {
+      const int b = next_bucket_--;
+      auto first = ids_.begin() + bucket_start_[b], last = ids_.begin() + bucket_start_[b + 1];
+      std::sort(first, last, [this](int32_t a, int32_t c) {
+        return prob_[a] != prob_[c] ? prob_[a] > prob_[c] : a < c;
+      });
+      order_.insert(order_.end(), first, last);
+    }
+    return order_[j];
+  }
+
+ private:
+  static constexpr int kShift = 19;  // 8 exponent and 4 mantissa bits (sign 0): 4096 buckets
+  static constexpr int kBuckets = 1 << (32 - kShift - 1);
+  static int Bucket(float v) {
+    uint32_t u;
+    std::memcpy(&u, &v, sizeof(u));
+    return static_cast<int>(u >> kShift);  // v >= 0 and not NaN: sign bit 0
+  }
+
+  const std::vector<float>& prob_;
+  std::vector<int32_t> bucket_start_, ids_, order_;
+  int next_bucket_ = 0;
+};
+
+}  // namespace
+
 int32_t SampleToken(const float* logits, int vocab, const SamplingParams& p) {
   if (vocab <= 0) return -1;
   if (!(p.temperature > 0.0f)) return Argmax(logits, vocab);
@@ -62,50 +146,44 @@ int32_t SampleToken(const float* logits, int vocab, const SamplingParams& p) {
     prob[i] = std::isnan(x) ? 0.0f : std::exp(x);
     total += prob[i];
   }
-  const bool cut = p.top_p < 1.0f;
-  const double needed = static_cast<double>(p.top_p) * total;
-  const double u = SampleUniform(p.seed, p.step);
-  // Only a prefix of the descending order is ever needed, and for real models it is
-  // short, so the order is built by partial sorts of growing length instead of a full
-  // sort of the vocabulary.
-  std::vector<int32_t> order(vocab);
-  std::iota(order.begin(), order.end(), 0);
-  const auto before = [&](int32_t a, int32_t b) {
-    return prob[a] != prob[b] ? prob[a] > prob[b] : a < b;
-  };
-  size_t k = std::min<size_t>(vocab, 64);
-  while (true) {
-    std::partial_sort(order.begin(), order.begin() + k, order.end(), before);
-    // Without a cutoff the kept mass is `total`; with one it is the running sum at the
-    // end of the shortest prefix that reaches top_p * total.
+  if (!(p.top_p < 1.0f)) {
+    // Everything is kept: the draw walks ids in id order, with the same running sums as
+    // `total`, so no order has to be built. u < 1 keeps the target below the last sum.
+    const double target = static_cast<double>(SampleUniform(p.seed, p.step)) * total;
     double acc = 0.0;
-    size_t kept_end = cut ? 0 : static_cast<size_t>(vocab);
-    double kept_mass = total;
-    std::vector<double> cum(k);
-    for (size_t j = 0; j < k; ++j) {
-      acc += prob[order[j]];
-      cum[j] = acc;
-      if (cut && acc >= needed) {
-        kept_end = j + 1;
-        kept_mass = acc;
-        break;
-      }
+    int32_t last = top;
+    for (int i = 0; i < vocab; ++i) {
+      if (prob[i] == 0.0f) continue;
+      acc += prob[i];
+      last = i;
+      if (acc > target) return i;
     }
-    if (cut && kept_end == 0 && k == static_cast<size_t>(vocab)) {
-      kept_end = k;  // rounding kept the sum below top_p * total: keep everything
-      kept_mass = acc;
-    }
-    if (kept_end > 0 || !cut) {
-      const double target = u * kept_mass;
-      const size_t limit = std::min(kept_end, k);
-      for (size_t j = 0; j < limit; ++j) {
-        if (cum[j] > target) return order[j];
-      }
-      if (kept_end <= k) return order[kept_end - 1];
-    }
-    if (k == static_cast<size_t>(vocab)) return order[vocab - 1];
-    k = std::min<size_t>(vocab, k * 8);
+    return last;
   }
+  DescendingOrder order(prob);
+  const size_t n = static_cast<size_t>(vocab);
+  // The kept prefix [0, kept_end) and its mass: the shortest prefix whose running sum
+  // reaches top_p * total (all of it, with its running sum, when rounding keeps the sum
+  // below).
+  std::vector<double> cum;  // running sums of the walked prefix
+  double acc = 0.0;
+  auto extend = [&]() {
+    acc += prob[order.At(cum.size())];
+    cum.push_back(acc);
+  };
+  const double needed = static_cast<double>(p.top_p) * total;
+  while (cum.size() < n) {
+    extend();
+    if (acc >= needed) break;
+  }
+  const size_t kept_end = cum.size();
+  const double kept_mass = acc;
+  // The first kept id whose running sum exceeds u * kept; the last kept id if none does.
+  const double target = static_cast<double>(SampleUniform(p.seed, p.step)) * kept_mass;
+  for (size_t j = 0; j < kept_end; ++j) {
+    if (cum[j] > target) return order.At(j);
+  }
+  return order.At(kept_end - 1);
 }
 
 namespace {

@@ -44,12 +44,20 @@ struct SamplingParams {
 float SampleUniform(uint64_t seed, uint64_t step);
 // The CPU sampler every path agrees with; logits has vocab entries. For temperature > 0:
 // p[i] = expf((logits[i] - max) / temperature) in float32, total = their double sum in id
-// order; ids ordered by p descending (id ascending on ties). With top_p < 1 the kept
-// prefix is the shortest whose running double sum reaches top_p * total, and kept = that
-// sum; with top_p = 1 everything is kept and kept = total. The token is the first id in
-// that order whose running sum exceeds u * kept (the last kept id if rounding leaves
-// none). NaN logits count as probability 0 and never win argmax.
+// order. With top_p < 1: ids ordered by p descending (id ascending on ties), the kept
+// prefix is the shortest whose running double sum reaches top_p * total, kept = that sum,
+// and the token is the first id in that order whose running sum exceeds u * kept (the last
+// kept id if rounding leaves none). With top_p = 1 every id is kept and no order is built:
+// the token is the first id, in id order, whose running sum (the sums of total) exceeds
+// u * total. NaN logits count as probability 0 and never win argmax.
 int32_t SampleToken(const float* logits, int vocab, const SamplingParams& p);
+// out[i] = SampleToken(rows[i], vocab, params[i]) for every i with rows[i] != nullptr (out[i]
+// is left as it is for a null row), the rows with temperature > 0
+// spread over up to `threads` threads (0: one per hardware thread, at most 16). Each such
+// row costs a pass over the vocabulary (about 1-2 ms for 128k ids on one core), so a batch
+// of sampled rows would otherwise serialise on the host.
+void SampleTokens(const std::vector<const float*>& rows, int vocab,
+                  const std::vector<SamplingParams>& params, int32_t* out, int threads = 0);
 
 struct ForwardBatch {
   std::vector<int32_t> tokens;

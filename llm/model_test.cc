@@ -125,26 +125,33 @@ TEST(SampleTokenTest, DeterministicInSeedAndStep) {
   EXPECT_GT(seen.size(), 3u);
 }
 
-// The documented rule with a full sort, to check the partial-sort implementation.
+// The documented rule with a full sort, to check the implementation (which sorts lazily,
+// bucket by bucket). NaN logits count as probability 0.
 int32_t ReferenceSample(const std::vector<float>& l, const SamplingParams& p) {
   const int V = static_cast<int>(l.size());
-  const float mx = *std::max_element(l.begin(), l.end());
+  float mx = -INFINITY;
+  for (float x : l) {
+    if (x > mx) mx = x;
+  }
   std::vector<float> prob(V);
   double total = 0;
-  for (int i = 0; i < V; ++i) total += prob[i] = std::exp((l[i] - mx) / p.temperature);
+  for (int i = 0; i < V; ++i) {
+    const float x = (l[i] - mx) / p.temperature;
+    total += prob[i] = std::isnan(x) ? 0.0f : std::exp(x);
+  }
   std::vector<int32_t> order(V);
   for (int i = 0; i < V; ++i) order[i] = i;
-  std::sort(order.begin(), order.end(),
-            [&](int32_t a, int32_t b) { return prob[a] != prob[b] ? prob[a] > prob[b] : a < b; });
+  if (p.top_p < 1.0f) {  // top_p = 1: id order
+    std::sort(order.begin(), order.end(),
+              [&](int32_t a, int32_t b) { return prob[a] != prob[b] ? prob[a] > prob[b] : a < b; });
+  }
   std::vector<double> cum;
   double kept = total;
   for (int32_t id : order) {
     cum.push_back((cum.empty() ? 0.0 : cum.back()) + prob[id]);
-    if (p.top_p < 1.0f && cum.back() >= p.top_p * total) {
-      kept = cum.back();
-      break;
-    }
+    if (p.top_p < 1.0f && cum.back() >= p.top_p * total) break;
   }
+  if (p.top_p < 1.0f) kept = cum.back();  // all of it if rounding never reached top_p
   const double target = SampleUniform(p.seed, p.step) * kept;
   for (size_t j = 0; j < cum.size(); ++j) {
     if (cum[j] > target) return order[j];
@@ -155,18 +162,51 @@ int32_t ReferenceSample(const std::vector<float>& l, const SamplingParams& p) {
 TEST(SampleTokenTest, MatchesFullSortReferenceOnLargeVocabularies) {
   std::mt19937 rng(5);
   std::normal_distribution<float> normal(0.0f, 1.0f);
-  for (int V : {7, 1000, 20000}) {
-    std::vector<float> l(V);
-    for (float& x : l) x = normal(rng) * 4.0f;
-    for (int i = 0; i < V; i += 97) l[i] = l[0];  // plenty of exact ties
-    for (float t : {0.3f, 1.0f, 5.0f}) {  // 5: flat, the kept prefix is long
-      for (float top_p : {0.5f, 0.9f, 0.999f, 1.0f}) {
-        for (uint64_t step = 0; step < 8; ++step) {
-          const SamplingParams p{t, top_p, 17, step};
-          ASSERT_EQ(SampleToken(l.data(), V, p), ReferenceSample(l, p))
-              << "V=" << V << " t=" << t << " top_p=" << top_p << " step=" << step;
+  for (int V : {1, 2, 7, 1000, 20000, 128256}) {  // 128256: Llama 3's vocabulary
+    for (int kind = 0; kind < 3; ++kind) {
+      std::vector<float> l(V);
+      for (float& x : l) x = normal(rng) * (kind == 1 ? 0.05f : 4.0f);  // 1: nearly flat
+      for (int i = 0; i < V; i += 97) l[i] = l[0];  // plenty of exact ties
+      if (kind == 2 && V > 2) {  // NaN and -inf logits, a dominant token
+        l[1] = NAN;
+        l[V / 2] = -INFINITY;
+        l[V - 1] = 40.0f;
+      }
+      for (float t : {0.3f, 1.0f, 5.0f}) {  // 5: flat, the kept prefix is long
+        for (float top_p : {0.05f, 0.5f, 0.9f, 0.999f, 1.0f}) {
+          for (uint64_t step = 0; step < (V > 20000 ? 2u : 8u); ++step) {
+            const SamplingParams p{t, top_p, 17, step};
+            ASSERT_EQ(SampleToken(l.data(), V, p), ReferenceSample(l, p))
+                << "V=" << V << " kind=" << kind << " t=" << t << " top_p=" << top_p
+                << " step=" << step;
+          }
         }
       }
+    }
+  }
+}
+
+// Rows sampled on several threads choose what SampleToken chooses row by row; greedy rows
+// take the argmax; null rows are left alone.
+TEST(SampleTokenTest, SampleTokensOnThreadsEqualsOneAtATime) {
+  std::mt19937 rng(9);
+  std::normal_distribution<float> normal(0.0f, 3.0f);
+  const int V = 5000, n = 11;
+  std::vector<std::vector<float>> logits(n, std::vector<float>(V));
+  std::vector<const float*> rows(n);
+  std::vector<SamplingParams> params(n);
+  for (int i = 0; i < n; ++i) {
+    for (float& x : logits[i]) x = normal(rng);
+    rows[i] = logits[i].data();
+    params[i] = {i % 3 == 0 ? 0.0f : 0.8f, i % 2 == 0 ? 0.9f : 1.0f, uint64_t(100 + i), uint64_t(i)};
+  }
+  rows[4] = nullptr;
+  for (int threads : {1, 3, 0}) {
+    std::vector<int32_t> out(n, -7);
+    SampleTokens(rows, V, params, out.data(), threads);
+    for (int i = 0; i < n; ++i) {
+      const int32_t want = rows[i] == nullptr ? -7 : SampleToken(rows[i], V, params[i]);
+      EXPECT_EQ(out[i], want) << "row " << i << " threads " << threads;
     }
   }
 }

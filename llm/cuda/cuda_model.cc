@@ -731,15 +731,16 @@ absl::Status CudaLlama::RunStep(const ForwardBatch& b, std::vector<int32_t>* nex
   SV_CUDA(cudaStreamSynchronize(stream_), "forward step");
   if (want && next_tokens != nullptr) {
     next_tokens->resize(ns);
+    // Greedy rows: the device's argmax. The others: SampleToken on the host, in parallel.
+    std::vector<const float*> rows(ns, nullptr);  // null: a greedy row, already chosen
     for (int i = 0; i < ns; ++i) {
-      const SamplingParams& p = b.sampling[i];
-      if (!(p.temperature > 0.0f)) {
+      if (!(b.sampling[i].temperature > 0.0f)) {
         (*next_tokens)[i] = h_next_.as<int32_t>()[i];
       } else {
-        const float* row = logits != nullptr ? logits->data() + i * V : sampled_rows[i].data();
-        (*next_tokens)[i] = SampleToken(row, V_, p);
+        rows[i] = logits != nullptr ? logits->data() + i * V : sampled_rows[i].data();
       }
     }
+    SampleTokens(rows, V_, b.sampling, next_tokens->data());
   }
   return absl::OkStatus();
 }
