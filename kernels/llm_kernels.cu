@@ -522,14 +522,24 @@ __global__ void __launch_bounds__(kDecThreads)
     if (valid) {
       const uint4* kr = key < cap ? reinterpret_cast<const uint4*>(kbase + static_cast<size_t>(key) * kstride)
                                   : reinterpret_cast<const uint4*>(kc + static_cast<int64_t>(key) * D);
-      float s0 = 0.f, s1 = 0.f;
-      for (int c16 = 0; c16 < vpr; ++c16) {
-        float kf[EV];
-        Unpack16(kr[c16], kf, T());
+      // All of the row's 16-byte loads at once (D <= 32 E), two sums.
+      constexpr int kMaxVpr = 32 * E / EV;
+      uint4 kv[kMaxVpr];
 #pragma unroll
-        for (int e = 0; e < EV; e += 2) {
-          s0 = fmaf(qv[c16 * EV + e], kf[e], s0);
-          s1 = fmaf(qv[c16 * EV + e + 1], kf[e + 1], s1);
+      for (int c16 = 0; c16 < kMaxVpr; ++c16) {
+        if (c16 < vpr) kv[c16] = kr[c16];
+      }
+      float s0 = 0.f, s1 = 0.f;
+#pragma unroll
+      for (int c16 = 0; c16 < kMaxVpr; ++c16) {
+        if (c16 < vpr) {
+          float kf[EV];
+          Unpack16(kv[c16], kf, T());
+#pragma unroll
+          for (int e = 0; e < EV; e += 2) {
+            s0 = fmaf(qv[c16 * EV + e], kf[e], s0);
+            s1 = fmaf(qv[c16 * EV + e + 1], kf[e + 1], s1);
+          }
         }
       }
       sc = s0 + s1;
@@ -542,6 +552,29 @@ __global__ void __launch_bounds__(kDecThreads)
 #pragma unroll
     for (int e = 0; e < E; ++e) acc[e] *= corr;
     const int nk = min(32, pos + 1 - c * 32);
+    if (nk == 32 && c * 32 + 31 < cap) {
+      // A full chunk in shared memory: unrolled, two sums, so the shuffles and loads of
+      // different keys overlap instead of waiting on one another.
+      const T* v0 = vs + static_cast<size_t>(c) * 32 * D;
+      float a0[E], a1[E];
+#pragma unroll
+      for (int e = 0; e < E; ++e) a0[e] = a1[e] = 0.f;
+#pragma unroll
+      for (int kk = 0; kk < 32; kk += 2) {
+        const float p0 = __shfl_sync(kFullMask, p, kk), p1 = __shfl_sync(kFullMask, p, kk + 1);
+#pragma unroll
+        for (int e = 0; e < E; ++e) {
+          const int d = lane + 32 * e;
+          if (d < D) {
+            a0[e] = fmaf(p0, ToF(v0[kk * D + d]), a0[e]);
+            a1[e] = fmaf(p1, ToF(v0[(kk + 1) * D + d]), a1[e]);
+          }
+        }
+      }
+#pragma unroll
+      for (int e = 0; e < E; ++e) acc[e] += a0[e] + a1[e];
+      continue;
+    }
     for (int kk = 0; kk < nk; ++kk) {
       const float pk = __shfl_sync(kFullMask, p, kk);
       const int j = c * 32 + kk;
