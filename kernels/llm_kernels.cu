@@ -1084,11 +1084,6 @@ int ResidentBlocks(size_t smem) {
   return d->sms * per_sm;
 }
 
-template <auto kKernel>
-cudaError_t AllowDynamicSmem(int bytes) {
-  return cudaFuncSetAttribute(kKernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes);
-}
-
 template <typename T, int M>
 cudaError_t ConfigureGemv() {
   static std::atomic<bool> configured[64];
@@ -1098,7 +1093,8 @@ cudaError_t ConfigureGemv() {
   if (device < 64 && configured[device].load()) return cudaSuccess;
   const DeviceInfo* d = GetDeviceInfo();
   if (d == nullptr) return cudaErrorUnknown;
-  e = AllowDynamicSmem<GemvKernel<T, M, true>>(kGemvMaxSmem);
+  e = cudaFuncSetAttribute(GemvKernel<T, M, true>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                           kGemvMaxSmem);
   // Fills the occupancy caches now, so that no query happens while a graph is captured.
   if (e == cudaSuccess && (ResidentBlocks<GemvKernel<T, M, true>, kGemvThreads>(0) == 0 ||
                            ResidentBlocks<GemvKernel<T, M, false>, kGemvThreads>(0) == 0)) {

@@ -7,6 +7,19 @@
 
 namespace shardvec::llm {
 
+size_t CommTypeBytes(CommType t) {
+  switch (t) {
+    case CommType::kFloat32:
+    case CommType::kInt32:
+      return 4;
+    case CommType::kBFloat16:
+      return 2;
+    case CommType::kUInt8:
+      return 1;
+  }
+  return 0;
+}
+
 namespace {
 
 // What the ranks of one collective publish to each other. A rank writes only its own
@@ -49,19 +62,6 @@ struct GroupState {
   uint64_t generation = 0;
 };
 
-size_t ElementSize(CommType t) {
-  switch (t) {
-    case CommType::kFloat32:
-    case CommType::kInt32:
-      return 4;
-    case CommType::kBFloat16:
-      return 2;
-    case CommType::kUInt8:
-      return 1;
-  }
-  return 0;
-}
-
 enum Op { kAllReduce = 1, kAllGather, kBroadcast };
 
 class InProcessComm : public Communicator {
@@ -102,7 +102,7 @@ class InProcessComm : public Communicator {
       Sum<uint8_t>(begin, end);
     }
     shared_->Barrier();  // all partial sums are ready
-    const size_t es = ElementSize(type);
+    const size_t es = CommTypeBytes(type);
     for (int r = 0; r < n; ++r) {
       const size_t b = std::min(count, chunk * r);
       const size_t e = std::min(count, b + chunk);
@@ -117,7 +117,7 @@ class InProcessComm : public Communicator {
 
   absl::Status AllGather(const void* send, void* recv, size_t count, CommType type,
                          void*) override {
-    const size_t bytes = count * ElementSize(type);
+    const size_t bytes = count * CommTypeBytes(type);
     if (size() == 1) {
       if (bytes > 0 && send != recv) std::memmove(recv, send, bytes);
       return absl::OkStatus();
@@ -161,7 +161,7 @@ class InProcessComm : public Communicator {
       return s;
     }
     if (rank_ != root) {
-      std::memcpy(data, shared_->entries[root].send, count * ElementSize(type));
+      std::memcpy(data, shared_->entries[root].send, count * CommTypeBytes(type));
     }
     shared_->Barrier();
     return absl::OkStatus();

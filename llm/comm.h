@@ -19,6 +19,8 @@
 namespace shardvec::llm {
 
 enum class CommType { kFloat32, kBFloat16, kInt32, kUInt8 };
+// Bytes of one element of type t.
+size_t CommTypeBytes(CommType t);
 
 class Communicator {
  public:

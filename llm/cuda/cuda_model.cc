@@ -13,6 +13,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "kernels/cuda_status.h"
 #include "kernels/llm_kernels.h"
 #include "llm/cuda/nccl_comm.h"
 #include "llm/safetensors.h"
@@ -22,19 +23,8 @@ namespace {
 
 namespace kl = ::shardvec::kernels::llm;
 
-absl::Status CudaStatus(cudaError_t e, const char* what) {
-  if (e == cudaSuccess) return absl::OkStatus();
-  cudaGetLastError();  // clear a launch error so that the next call starts clean
-  if (e == cudaErrorMemoryAllocation) {
-    return absl::ResourceExhaustedError(absl::StrCat(what, ": GPU out of memory"));
-  }
-  return absl::InternalError(absl::StrCat(what, ": ", cudaGetErrorString(e)));
-}
-
-absl::Status CublasStatus(cublasStatus_t s, const char* what) {
-  if (s == CUBLAS_STATUS_SUCCESS) return absl::OkStatus();
-  return absl::InternalError(absl::StrCat(what, ": cuBLAS status ", static_cast<int>(s)));
-}
+using ::shardvec::kernels::CublasStatus;
+using ::shardvec::kernels::CudaStatus;
 
 #define SV_RETURN_IF_ERROR(expr)           \
   do {                                     \

@@ -34,19 +34,6 @@ ncclDataType_t NcclType(CommType t) {
   return ncclUint8;
 }
 
-size_t ElementBytes(CommType t) {
-  switch (t) {
-    case CommType::kFloat32:
-    case CommType::kInt32:
-      return 4;
-    case CommType::kBFloat16:
-      return 2;
-    case CommType::kUInt8:
-      return 1;
-  }
-  return 1;
-}
-
 constexpr char kHex[] = "0123456789abcdef";
 
 absl::StatusOr<ncclUniqueId> IdFromHex(const std::string& hex) {
@@ -235,14 +222,14 @@ absl::Status ToDevice(const std::vector<uint8_t>& src, void* dst) {
 
 absl::Status HostStagedCommunicator::AllReduceSum(void* data, size_t count, CommType type,
                                                   void* stream) {
-  if (absl::Status s = ToHost(data, count * ElementBytes(type), &send_, stream); !s.ok()) return s;
+  if (absl::Status s = ToHost(data, count * CommTypeBytes(type), &send_, stream); !s.ok()) return s;
   if (absl::Status s = host_->AllReduceSum(send_.data(), count, type, nullptr); !s.ok()) return s;
   return ToDevice(send_, data);
 }
 
 absl::Status HostStagedCommunicator::AllGather(const void* send, void* recv, size_t count,
                                                CommType type, void* stream) {
-  const size_t bytes = count * ElementBytes(type);
+  const size_t bytes = count * CommTypeBytes(type);
   if (absl::Status s = ToHost(send, bytes, &send_, stream); !s.ok()) return s;
   recv_.resize(bytes * size());
   if (absl::Status s = host_->AllGather(send_.data(), recv_.data(), count, type, nullptr);
@@ -254,7 +241,7 @@ absl::Status HostStagedCommunicator::AllGather(const void* send, void* recv, siz
 
 absl::Status HostStagedCommunicator::Broadcast(void* data, size_t count, CommType type, int root,
                                                void* stream) {
-  if (absl::Status s = ToHost(data, count * ElementBytes(type), &send_, stream); !s.ok()) return s;
+  if (absl::Status s = ToHost(data, count * CommTypeBytes(type), &send_, stream); !s.ok()) return s;
   if (absl::Status s = host_->Broadcast(send_.data(), count, type, root, nullptr); !s.ok()) {
     return s;
   }
