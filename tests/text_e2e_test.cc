@@ -388,6 +388,13 @@ TEST_F(TextE2ETest, CliIngestsJsonlTextsAsUpsertedTexts) {
   EXPECT_EQ(r.exit_code, 1);
   EXPECT_THAT(r.err, HasSubstr("embedder: "));
   EXPECT_THAT(r.err, HasSubstr("has no embedder"));
+  // An IVF collection is trained from the first vectors it gets; texts cannot train it.
+  r = cluster_->Cli({"collection", "create", "jsonl_ivf", "--dim", std::to_string(kDim), "--index",
+                     "IVF4,Flat", "--embedder", "hash-tfidf-v1", "--fit-texts", dir + "/fit.txt"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  r = cluster_->Cli({"ingest", "jsonl_ivf", dir + "/docs.jsonl"});
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_THAT(r.err, HasSubstr("texts without vectors cannot train collection 'jsonl_ivf'"));
   std::ofstream(dir + "/mixed.jsonl") << "{\"id\": 1, \"text\": \"a cat\"}\n"
                                       << "{\"id\": 2, \"text\": \"a dog\", \"vector\": [1, 2]}\n";
   r = cluster_->Cli({"ingest", "jsonl_texts", dir + "/mixed.jsonl"});
