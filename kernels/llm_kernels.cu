@@ -193,6 +193,18 @@ __device__ __forceinline__ void Unpack16(uint4 v, float* f /* [4] */, float) {
   f[3] = __uint_as_float(v.w);
 }
 
+// Online-softmax state of N query rows with E accumulated values each: max -inf, sum 0.
+template <int N, int E>
+__device__ __forceinline__ void ResetSoftmax(float (&m)[N], float (&l)[N], float (&acc)[N][E]) {
+#pragma unroll
+  for (int j = 0; j < N; ++j) {
+    m[j] = -INFINITY;
+    l[j] = 0.f;
+#pragma unroll
+    for (int e = 0; e < E; ++e) acc[j][e] = 0.f;
+  }
+}
+
 constexpr int kAttnWarps = 4;
 constexpr int kAttnThreads = kAttnWarps * 32;
 constexpr int kAttnPerWarp = kAttnTileVectors / kAttnWarps;  // query vectors per warp
@@ -285,13 +297,7 @@ __global__ void __launch_bounds__(kAttnThreads)
   }
 
   float m[kAttnPerWarp], l[kAttnPerWarp], acc[kAttnPerWarp][E];
-#pragma unroll
-  for (int j = 0; j < kAttnPerWarp; ++j) {
-    m[j] = -INFINITY;
-    l[j] = 0.f;
-#pragma unroll
-    for (int e = 0; e < E; ++e) acc[j][e] = 0.f;
-  }
+  ResetSoftmax(m, l, acc);
 
   for (int k0 = key_begin; k0 < key_end; k0 += kKeyChunk) {
     const int nk = min(kKeyChunk, key_end - k0);
@@ -415,264 +421,318 @@ __global__ void __launch_bounds__(kAttnThreads)
   if (tid == 0) *counter = 0;  // ready for the next launch
 }
 
-// ---- decode attention: tiles of one row whose keys all fit one block's shared memory.
+struct DeviceInfo {
+  int sms = 0, smem_sm = 0;
+};
+
+// Cached per device (queried outside graph capture by PrepareKernels).
+const DeviceInfo* GetDeviceInfo() {
+  static DeviceInfo cache[64];
+  static std::atomic<bool> ready[64];
+  int device = 0;
+  if (cudaGetDevice(&device) != cudaSuccess || device >= 64) return nullptr;
+  if (!ready[device].load()) {
+    DeviceInfo d;
+    if (cudaDeviceGetAttribute(&d.sms, cudaDevAttrMultiProcessorCount, device) != cudaSuccess ||
+        cudaDeviceGetAttribute(&d.smem_sm, cudaDevAttrMaxSharedMemoryPerMultiprocessor, device) !=
+            cudaSuccess) {
+      cudaGetLastError();
+      return nullptr;
+    }
+    cache[device] = d;
+    ready[device].store(true);
+  }
+  return &cache[device];
+}
+
+// ---- decode attention: tiles of one row, keys held in registers.
 //
-// One block per (tile, kv head) and kDecWarps warps: warp w takes query head w % group of
-// the kv group and the 32-key chunks c with c % (kDecWarps / group) == w / group, keeping
-// its own online softmax; the block then combines its warps' partial results in shared
-// memory. So no partial results go through global memory, no block waits on another, and
-// nothing is left to a second kernel. The keys written by earlier steps (those before the
-// tile's position) are copied into shared memory before waiting on the q/k/v projection
-// (programmatic launch); after the wait only q and the current position's key and value
-// are read. Keys at or beyond the cached count (`cap`) are read from global memory, so
-// the kernel is right at any position, only slower past cap.
+// One block per (tile, hpb query heads of one kv head) of W warps; hpb is chosen so that
+// the grid spreads over the SMs (DecHeadsPerBlock). A key is read by `lanes` lanes (its row's
+// 16-byte vectors, rounded up to a power of two), so a warp takes 32 / lanes keys at once
+// and the block W times that (a "pass"); lane (key, c) holds vector c of its key's K and V
+// rows and scores the key against the same columns of q (in shared memory) of the block's
+// query heads at once, so one K load serves them all. The keys written by
+// earlier steps (those before the tile's position) of the first kDecPasses passes are
+// loaded into registers before waiting on the q/k/v projection (programmatic launch);
+// after the wait only q and the current position's key and value are read. Keys past
+// those passes are read after the wait, kDecPasses passes at a time (a "round"). Each warp
+// keeps a softmax over its keys, rescaled once per round; its key groups are summed with
+// shuffles, and the block combines its warps' partial results in shared memory. So no
+// partial results go through global memory and nothing is left to a second kernel.
 
-constexpr int kDecWarps = 16;
-constexpr int kDecThreads = kDecWarps * 32;
-constexpr int kDecSmemBudget = 160 * 1024;  // the K/V copies
-constexpr int kDecMaxKeys = 1024;
-
-// Bytes of one cached key row: padded by 16 bytes, so that lanes reading 16 bytes each
-// of different rows at the same column hit different banks.
-template <typename T>
-__host__ __device__ constexpr int DecKeyStride(int D) {
-  return D * static_cast<int>(sizeof(T)) + 16;
+// Passes held in registers, and warps: 16 (at most 128 registers a thread), 8 for groups
+// of 8 heads, whose accumulators take more.
+constexpr int kDecPasses = 4;
+template <typename T, int G>
+__host__ __device__ constexpr int DecWarps() {
+  return G >= 8 ? 8 : 16;
 }
 
-template <typename T>
-int DecCap(int D) {
-  const int per_key = DecKeyStride<T>(D) + D * static_cast<int>(sizeof(T));
-  return std::min(kDecMaxKeys, kDecSmemBudget / per_key / 32 * 32);
+// Lanes per key: the row's 16-byte vectors rounded up to a power of two (<= 32).
+__host__ __device__ constexpr int DecLanes(int vectors) {
+  int l = 1;
+  while (l < vectors) l *= 2;
+  return l;
 }
 
-template <typename T>
-size_t DecSmemBytes(int group, int D, int cap) {
-  return sizeof(float) * (static_cast<size_t>(group) * D + kDecWarps * static_cast<size_t>(D + 2)) +
-         static_cast<size_t>(cap) * (DecKeyStride<T>(D) + D * sizeof(T));
-}
-
-template <typename T, int E>
-__global__ void __launch_bounds__(kDecThreads)
+template <typename T, int G, int W = DecWarps<T, G>()>
+__global__ void __launch_bounds__(W * 32)
     DecodeAttentionKernel(const float* __restrict__ q, const AttnTile* __restrict__ tiles,
                           AttnShape shape, const T* __restrict__ k_cache,
-                          const T* __restrict__ v_cache, int cap, float scale,
+                          const T* __restrict__ v_cache, int hpb, float scale,
                           T* __restrict__ out) {
-  extern __shared__ __align__(16) unsigned char dec_smem[];
+  // [W][hpb][D + 2]: acc, m, l of each warp; then q.
+  extern __shared__ __align__(16) float dec_part[];
   AllowNext();
   constexpr int EV = 16 / sizeof(T);  // elements per 16-byte vector
+  constexpr int NP = kDecPasses;
   const int D = shape.head_dim, group = shape.q_heads / shape.kv_heads;
+  const int vpr = D / EV, lanes = DecLanes(vpr), kw_n = 32 / lanes;
+  const int kp = W * kw_n;  // keys per pass
   const AttnTile tile = tiles[blockIdx.x];
-  const int kvh = blockIdx.y, pos = tile.pos_begin, row = tile.row_begin;
+  // This block's query heads: [h0, h0 + hpb) of kv head kvh.
+  const int nb = group / hpb, kvh = blockIdx.y / nb;
+  const int h0 = kvh * group + (blockIdx.y % nb) * hpb;
+  const int pos = tile.pos_begin, row = tile.row_begin;
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
-  float* qs = reinterpret_cast<float*>(dec_smem);  // [group][D], scaled
-  float* ps = qs + group * D;                       // [kDecWarps][D + 2]: acc, m, l
-  unsigned char* kbase = reinterpret_cast<unsigned char*>(ps + kDecWarps * (D + 2));
-  const int kstride = DecKeyStride<T>(D);           // bytes
-  T* vs = reinterpret_cast<T*>(kbase + static_cast<size_t>(cap) * kstride);  // [cap][D]
+  const int c = lane % lanes, kw = lane / lanes;
+  const bool col = c < vpr;
   const int64_t cache_base =
       (static_cast<int64_t>(tile.slot) * shape.kv_heads + kvh) * shape.max_seq_len;
-  const T* kc = k_cache + cache_base * D;
-  const T* vc = v_cache + cache_base * D;
-  const int vpr = D / EV;  // 16-byte vectors per row
+  const T* kc = k_cache + cache_base * D + c * EV;
+  const T* vc = v_cache + cache_base * D + c * EV;
+  const int first = warp * kw_n + kw;  // this lane's key in pass 0
+  const int nkeys = pos + 1;
+  const uint4 zero = make_uint4(0, 0, 0, 0);
 
-  // Keys [k0, k1) into shared memory, four 16-byte vectors of K and V in flight per thread.
-  auto copy_keys = [&](int k0, int k1) {
-    const int total = (k1 - k0) * vpr;
-    for (int base = tid; base < total; base += 4 * kDecThreads) {
-      uint4 kv4[4], vv4[4];
+  uint4 kr[NP], vr[NP];
+  // Keys written by earlier steps.
 #pragma unroll
-      for (int u = 0; u < 4; ++u) {
-        const int idx = base + u * kDecThreads;
-        if (idx < total) {
-          const int j = k0 + idx / vpr, c = idx % vpr;
-          kv4[u] = *reinterpret_cast<const uint4*>(kc + static_cast<int64_t>(j) * D + c * EV);
-          vv4[u] = *reinterpret_cast<const uint4*>(vc + static_cast<int64_t>(j) * D + c * EV);
-        }
-      }
-#pragma unroll
-      for (int u = 0; u < 4; ++u) {
-        const int idx = base + u * kDecThreads;
-        if (idx < total) {
-          const int j = k0 + idx / vpr, c = idx % vpr;
-          *reinterpret_cast<uint4*>(kbase + static_cast<size_t>(j) * kstride + c * 16) = kv4[u];
-          *reinterpret_cast<uint4*>(vs + static_cast<size_t>(j) * D + c * EV) = vv4[u];
-        }
-      }
-    }
-  };
-  copy_keys(0, min(pos, cap));  // written by earlier steps
+  for (int p = 0; p < NP; ++p) {
+    const int j = p * kp + first;
+    const bool older = col && j < pos;
+    kr[p] = older ? *reinterpret_cast<const uint4*>(kc + static_cast<int64_t>(j) * D) : zero;
+    vr[p] = older ? *reinterpret_cast<const uint4*>(vc + static_cast<int64_t>(j) * D) : zero;
+  }
   WaitPrior();
-  if (pos < cap) copy_keys(pos, pos + 1);
+  // The current key, or'd into its (zeroed) pass by masks: a conditional store to kr[p]
+  // would become a store at a computed index, and the arrays would go to local memory.
+  if (col && pos < NP * kp && pos % kp == first) {
+    const uint4 kn = *reinterpret_cast<const uint4*>(kc + static_cast<int64_t>(pos) * D);
+    const uint4 vn = *reinterpret_cast<const uint4*>(vc + static_cast<int64_t>(pos) * D);
+#pragma unroll
+    for (int p = 0; p < NP; ++p) {
+      const uint32_t mk = p == pos / kp ? 0xffffffffu : 0u;
+      kr[p].x |= kn.x & mk;
+      kr[p].y |= kn.y & mk;
+      kr[p].z |= kn.z & mk;
+      kr[p].w |= kn.w & mk;
+      vr[p].x |= vn.x & mk;
+      vr[p].y |= vn.y & mk;
+      vr[p].z |= vn.z & mk;
+      vr[p].w |= vn.w & mk;
+    }
+  }
+  // q of the block's heads, scaled, into shared memory (read as broadcasts below, so that
+  // it takes no registers through the passes).
+  float* qs = dec_part + W * hpb * (D + 2);  // [hpb][D]
   const int qstride = shape.q_heads * D;
-  for (int idx = tid; idx < group * D; idx += kDecThreads) {
-    const int hh = idx / D, d = idx % D;
-    qs[idx] = q[static_cast<int64_t>(row) * qstride + (kvh * group + hh) * D + d] * scale;
+  const float* qrow = q + static_cast<int64_t>(row) * qstride + h0 * D;
+  for (int i = tid * 4; i < hpb * D; i += W * 32 * 4) {
+    float4 v = *reinterpret_cast<const float4*>(qrow + i);
+    v.x *= scale;
+    v.y *= scale;
+    v.z *= scale;
+    v.w *= scale;
+    *reinterpret_cast<float4*>(qs + i) = v;
   }
   __syncthreads();
 
-  const int hh = warp % group, cg = warp / group, groups = kDecWarps / group;
-  const float* qv = qs + hh * D;
-  float m = -INFINITY, l = 0.f, acc[E];
+  float m[G], l[G], acc[G][EV];
+  ResetSoftmax(m, l, acc);
+  for (int round = 0; round * NP * kp < nkeys; ++round) {
+    const int base = round * NP * kp + first;
+    if (round > 0) {
 #pragma unroll
-  for (int e = 0; e < E; ++e) acc[e] = 0.f;
-  for (int c = cg; c * 32 <= pos; c += groups) {
-    const int key = c * 32 + lane;
-    const bool valid = key <= pos;
-    float sc = -INFINITY;
-    if (valid) {
-      const uint4* kr = key < cap ? reinterpret_cast<const uint4*>(kbase + static_cast<size_t>(key) * kstride)
-                                  : reinterpret_cast<const uint4*>(kc + static_cast<int64_t>(key) * D);
-      // All of the row's 16-byte loads at once (D <= 32 E), two sums.
-      constexpr int kMaxVpr = 32 * E / EV;
-      uint4 kv[kMaxVpr];
-#pragma unroll
-      for (int c16 = 0; c16 < kMaxVpr; ++c16) {
-        if (c16 < vpr) kv[c16] = kr[c16];
+      for (int p = 0; p < NP; ++p) {
+        const int j = base + p * kp;
+        const bool ok = col && j < nkeys;
+        kr[p] = ok ? *reinterpret_cast<const uint4*>(kc + static_cast<int64_t>(j) * D) : zero;
+        vr[p] = ok ? *reinterpret_cast<const uint4*>(vc + static_cast<int64_t>(j) * D) : zero;
       }
-      float s0 = 0.f, s1 = 0.f;
+    }
+    // Scores of this round's keys against every head; the key's lanes sum their columns.
+    float s[NP][G];
 #pragma unroll
-      for (int c16 = 0; c16 < kMaxVpr; ++c16) {
-        if (c16 < vpr) {
-          float kf[EV];
-          Unpack16(kv[c16], kf, T());
+    for (int p = 0; p < NP; ++p) {
+      float kf[EV];
+      Unpack16(kr[p], kf, T());
 #pragma unroll
-          for (int e = 0; e < EV; e += 2) {
-            s0 = fmaf(qv[c16 * EV + e], kf[e], s0);
-            s1 = fmaf(qv[c16 * EV + e + 1], kf[e + 1], s1);
+      for (int h = 0; h < G; ++h) {
+        float s0 = 0.f, s1 = 0.f;
+        if (h < hpb && col) {
+          const float4* qv = reinterpret_cast<const float4*>(qs + h * D + c * EV);
+#pragma unroll
+          for (int e4 = 0; e4 < EV / 4; ++e4) {
+            const float4 qq = qv[e4];
+            s0 = fmaf(qq.x, kf[4 * e4], s0);
+            s1 = fmaf(qq.y, kf[4 * e4 + 1], s1);
+            s0 = fmaf(qq.z, kf[4 * e4 + 2], s0);
+            s1 = fmaf(qq.w, kf[4 * e4 + 3], s1);
           }
         }
+        s[p][h] = s0 + s1;
       }
-      sc = s0 + s1;
     }
-    const float mnew = fmaxf(m, WarpMax(sc));  // key c * 32 <= pos is valid: finite
-    const float p = valid ? expf(sc - mnew) : 0.f;
-    const float corr = expf(m - mnew);
-    l = l * corr + WarpSum(p);
-    m = mnew;
+    for (int off = lanes / 2; off > 0; off >>= 1) {
 #pragma unroll
-    for (int e = 0; e < E; ++e) acc[e] *= corr;
-    const int nk = min(32, pos + 1 - c * 32);
-    if (nk == 32 && c * 32 + 31 < cap) {
-      // A full chunk in shared memory: unrolled, two sums, so the shuffles and loads of
-      // different keys overlap instead of waiting on one another.
-      const T* v0 = vs + static_cast<size_t>(c) * 32 * D;
-      float a0[E], a1[E];
+      for (int p = 0; p < NP; ++p) {
 #pragma unroll
-      for (int e = 0; e < E; ++e) a0[e] = a1[e] = 0.f;
-#pragma unroll
-      for (int kk = 0; kk < 32; kk += 2) {
-        const float p0 = __shfl_sync(kFullMask, p, kk), p1 = __shfl_sync(kFullMask, p, kk + 1);
-#pragma unroll
-        for (int e = 0; e < E; ++e) {
-          const int d = lane + 32 * e;
-          if (d < D) {
-            a0[e] = fmaf(p0, ToF(v0[kk * D + d]), a0[e]);
-            a1[e] = fmaf(p1, ToF(v0[(kk + 1) * D + d]), a1[e]);
-          }
-        }
+        for (int h = 0; h < G; ++h) s[p][h] += __shfl_xor_sync(kFullMask, s[p][h], off);
       }
-#pragma unroll
-      for (int e = 0; e < E; ++e) acc[e] += a0[e] + a1[e];
-      continue;
     }
-    for (int kk = 0; kk < nk; ++kk) {
-      const float pk = __shfl_sync(kFullMask, p, kk);
-      const int j = c * 32 + kk;
-      const T* vr = j < cap ? vs + static_cast<size_t>(j) * D : vc + static_cast<int64_t>(j) * D;
+    float mnew[G];
 #pragma unroll
-      for (int e = 0; e < E; ++e) {
-        const int d = lane + 32 * e;
-        if (d < D) acc[e] = fmaf(pk, ToF(vr[d]), acc[e]);
+    for (int h = 0; h < G; ++h) {
+      float mx = -INFINITY;
+#pragma unroll
+      for (int p = 0; p < NP; ++p) {
+        if (base + p * kp < nkeys) mx = fmaxf(mx, s[p][h]);
+      }
+      for (int off = lanes; off < 32; off <<= 1) {
+        mx = fmaxf(mx, __shfl_xor_sync(kFullMask, mx, off));
+      }
+      mnew[h] = fmaxf(m[h], mx);
+    }
+    if (mnew[0] == -INFINITY) break;  // no key of this warp here (nor later)
+#pragma unroll
+    for (int h = 0; h < G; ++h) {
+      const float corr = expf(m[h] - mnew[h]);  // 0 in the first round (m = -inf)
+      m[h] = mnew[h];
+      l[h] *= corr;
+#pragma unroll
+      for (int e = 0; e < EV; ++e) acc[h][e] *= corr;
+    }
+#pragma unroll
+    for (int p = 0; p < NP; ++p) {
+      float vf[EV];
+      Unpack16(vr[p], vf, T());
+      const bool valid = base + p * kp < nkeys;
+#pragma unroll
+      for (int h = 0; h < G; ++h) {
+        const float w = valid ? expf(s[p][h] - m[h]) : 0.f;
+        l[h] += w;
+#pragma unroll
+        for (int e = 0; e < EV; ++e) acc[h][e] = fmaf(w, vf[e], acc[h][e]);
       }
     }
   }
-  float* pw = ps + warp * (D + 2);
+  // The warp's key groups, summed (m is the same on every lane of the warp).
+  for (int off = lanes; off < 32; off <<= 1) {
 #pragma unroll
-  for (int e = 0; e < E; ++e) {
-    const int d = lane + 32 * e;
-    if (d < D) pw[d] = acc[e];
+    for (int h = 0; h < G; ++h) {
+      l[h] += __shfl_xor_sync(kFullMask, l[h], off);
+#pragma unroll
+      for (int e = 0; e < EV; ++e) acc[h][e] += __shfl_xor_sync(kFullMask, acc[h][e], off);
+    }
   }
-  if (lane == 0) {
-    pw[D] = m;
-    pw[D + 1] = l;
+  if (kw == 0) {
+#pragma unroll
+    for (int h = 0; h < G; ++h) {
+      if (h >= hpb) continue;
+      float* pw = dec_part + (warp * hpb + h) * (D + 2);
+      if (col) {
+#pragma unroll
+        for (int e = 0; e < EV; ++e) pw[c * EV + e] = acc[h][e];
+      }
+      if (c == 0) {
+        pw[D] = m[h];
+        pw[D + 1] = l[h];
+      }
+    }
   }
   __syncthreads();
-  if (cg != 0) return;
-  // Warp hh combines the partial results of its head (warps hh, hh + group, ...) in order.
-  float mx = -INFINITY;
-  for (int g = 0; g < groups; ++g) mx = fmaxf(mx, ps[(g * group + hh) * (D + 2) + D]);
-  float total = 0.f, o[E];
+  // Thread (head, d) combines the warps' partial results in order.
+  for (int idx = tid; idx < hpb * D; idx += W * 32) {
+    const int h = idx / D, d = idx % D;
+    float mx = -INFINITY;
 #pragma unroll
-  for (int e = 0; e < E; ++e) o[e] = 0.f;
-  for (int g = 0; g < groups; ++g) {
-    const float* pg = ps + (g * group + hh) * (D + 2);
-    const float wgt = expf(pg[D] - mx);  // a warp with no chunk: m = -inf, weight 0
-    total += pg[D + 1] * wgt;
+    for (int w = 0; w < W; ++w) mx = fmaxf(mx, dec_part[(w * hpb + h) * (D + 2) + D]);
+    float total = 0.f, o = 0.f;
 #pragma unroll
-    for (int e = 0; e < E; ++e) {
-      const int d = lane + 32 * e;
-      if (d < D) o[e] = fmaf(pg[d], wgt, o[e]);
+    for (int w = 0; w < W; ++w) {
+      const float* pw = dec_part + (w * hpb + h) * (D + 2);
+      const float wgt = expf(pw[D] - mx);  // a warp with no key: m = -inf, weight 0
+      total = fmaf(pw[D + 1], wgt, total);
+      o = fmaf(pw[d], wgt, o);
     }
-  }
-  const float inv = 1.0f / total;
-  T* op = out + static_cast<int64_t>(row) * qstride + (kvh * group + hh) * D;
-#pragma unroll
-  for (int e = 0; e < E; ++e) {
-    const int d = lane + 32 * e;
-    if (d < D) op[d] = FromF<T>(o[e] * inv);
+    out[static_cast<int64_t>(row) * qstride + (h0 + h) * D + d] = FromF<T>(o / total);
   }
 }
 
+// Query heads per block: the fewest (a divisor of the group, at most kMaxDecodeGroup) that
+// keep the grid within one block per SM, so that the work of a kv head spreads over
+// several SMs while they are free (one block per kv head puts all of its heads' keys
+// through one SM's instruction issue: about 2 us per 32-key chunk with 16 warps busy).
+// SHARDVEC_DECODE_HEADS (a divisor of the group) forces the choice, for tuning runs.
+int DecHeadsPerBlock(const AttnShape& s, int n_tiles) {
+  const int group = s.q_heads / s.kv_heads;
+  static const int forced = [] {
+    const char* v = std::getenv("SHARDVEC_DECODE_HEADS");
+    return v != nullptr ? std::atoi(v) : 0;
+  }();
+  if (forced > 0 && forced <= kMaxDecodeGroup && group % forced == 0) return forced;
+  const DeviceInfo* d = GetDeviceInfo();
+  const int64_t sms = d != nullptr ? d->sms : 0;
+  int best = 0;
+  for (int h = 1; h <= std::min(group, kMaxDecodeGroup); ++h) {
+    if (group % h != 0) continue;
+    best = h;
+    if (static_cast<int64_t>(n_tiles) * (s.q_heads / h) <= sms) break;
+  }
+  return best;
+}
+
 template <typename T>
-cudaError_t ConfigureDecodeAttention() {
-  // Per device and idempotent; done once each.
-  static std::atomic<bool> configured[64];
-  int device = 0;
-  cudaError_t e = cudaGetDevice(&device);
-  if (e != cudaSuccess) return e;
-  if (device < 64 && configured[device].load()) return cudaSuccess;
-  // The most any shape asks for: q and the partial results at the largest group and
-  // head_dim, plus the K/V budget.
-  const int bytes = static_cast<int>(sizeof(float) * (kDecWarps * kMaxDecodeHeadDim +
-                                                      kDecWarps * (kMaxDecodeHeadDim + 2)) +
-                                     kDecSmemBudget);
-  e = cudaFuncSetAttribute(DecodeAttentionKernel<T, 1>,
-                           cudaFuncAttributeMaxDynamicSharedMemorySize, bytes);
-  if (e == cudaSuccess) {
-    e = cudaFuncSetAttribute(DecodeAttentionKernel<T, 2>,
-                             cudaFuncAttributeMaxDynamicSharedMemorySize, bytes);
+int DecWarpsFor(int hpb) {
+  return hpb <= 1 ? DecWarps<T, 1>() : hpb <= 2 ? DecWarps<T, 2>() : hpb <= 4 ? DecWarps<T, 4>()
+                                                                             : DecWarps<T, 8>();
+}
+
+// Keys loaded before the wait, for the smallest block any heads-per-block choice gives.
+template <typename T>
+int DecKeys(const AttnShape& s) {
+  const int group = s.q_heads / s.kv_heads;
+  int warps = DecWarps<T, 1>();
+  for (int h = 1; h <= group; ++h) {
+    if (group % h == 0 && h <= kMaxDecodeGroup) warps = std::min(warps, DecWarpsFor<T>(h));
   }
-  if (e == cudaSuccess) {
-    e = cudaFuncSetAttribute(DecodeAttentionKernel<T, 4>,
-                             cudaFuncAttributeMaxDynamicSharedMemorySize, bytes);
-  }
-  if (e == cudaSuccess && device < 64) configured[device].store(true);
-  return e;
+  return kDecPasses * warps * (32 / DecLanes(s.head_dim * static_cast<int>(sizeof(T)) / 16));
 }
 
 template <typename T>
 cudaError_t LaunchDecodeAttention(const float* q, const AttnTile* tiles, int n_tiles,
                                   const AttnShape& s, const void* k_cache, const void* v_cache,
-                                  void* out, cudaStream_t stream) {
-  const cudaError_t e = ConfigureDecodeAttention<T>();
-  if (e != cudaSuccess) return e;
-  const int group = s.q_heads / s.kv_heads, D = s.head_dim, cap = DecCap<T>(D);
-  const size_t smem = DecSmemBytes<T>(group, D, cap);
-  const dim3 grid(n_tiles, s.kv_heads);
+                                  void* out, cudaStream_t stream, int heads_per_block) {
+  const int D = s.head_dim, group = s.q_heads / s.kv_heads;
+  const int hpb = heads_per_block > 0 ? heads_per_block : DecHeadsPerBlock(s, n_tiles);
+  if (hpb <= 0 || hpb > kMaxDecodeGroup || group % hpb != 0) return cudaErrorInvalidValue;
+  const dim3 grid(n_tiles, s.q_heads / hpb);
   const float scale = 1.0f / sqrtf(static_cast<float>(D));
   const auto* kc = static_cast<const T*>(k_cache);
   const auto* vc = static_cast<const T*>(v_cache);
   auto* o = static_cast<T*>(out);
-  if (D <= 32) {
-    return Launch(DecodeAttentionKernel<T, 1>, grid, dim3(kDecThreads), smem, stream, q, tiles, s,
-                  kc, vc, cap, scale, o);
-  }
-  if (D <= 64) {
-    return Launch(DecodeAttentionKernel<T, 2>, grid, dim3(kDecThreads), smem, stream, q, tiles, s,
-                  kc, vc, cap, scale, o);
-  }
-  return Launch(DecodeAttentionKernel<T, 4>, grid, dim3(kDecThreads), smem, stream, q, tiles, s,
-                kc, vc, cap, scale, o);
+  const int warps = DecWarpsFor<T>(hpb);
+  const size_t smem = sizeof(float) * (warps * hpb * (D + 2) + hpb * D);
+  auto launch = [&](auto kernel) {
+    return Launch(kernel, grid, dim3(warps * 32), smem, stream, q, tiles, s, kc, vc, hpb, scale,
+                  o);
+  };
+  if (hpb <= 1) return launch(DecodeAttentionKernel<T, 1>);
+  if (hpb <= 2) return launch(DecodeAttentionKernel<T, 2>);
+  if (hpb <= 4) return launch(DecodeAttentionKernel<T, 4>);
+  return launch(DecodeAttentionKernel<T, 8>);
 }
 
 // ---------------------------------------------------------------- SwiGLU, GEMV
@@ -1038,30 +1098,6 @@ __global__ void __launch_bounds__(kGemvThreads) GemvKernel(const GemvParams p, i
   if (p.argmax_out != nullptr) GemvArgMaxFinish<M>(p, best, best_s, &ticket);
 }
 
-struct DeviceInfo {
-  int sms = 0, smem_sm = 0;
-};
-
-// Cached per device (queried outside graph capture by PrepareKernels).
-const DeviceInfo* GetDeviceInfo() {
-  static DeviceInfo cache[64];
-  static std::atomic<bool> ready[64];
-  int device = 0;
-  if (cudaGetDevice(&device) != cudaSuccess || device >= 64) return nullptr;
-  if (!ready[device].load()) {
-    DeviceInfo d;
-    if (cudaDeviceGetAttribute(&d.sms, cudaDevAttrMultiProcessorCount, device) != cudaSuccess ||
-        cudaDeviceGetAttribute(&d.smem_sm, cudaDevAttrMaxSharedMemoryPerMultiprocessor, device) !=
-            cudaSuccess) {
-      cudaGetLastError();
-      return nullptr;
-    }
-    cache[device] = d;
-    ready[device].store(true);
-  }
-  return &cache[device];
-}
-
 // Blocks of kKernel (kThreads threads) that fit on the device at once with `smem` bytes of
 // dynamic shared memory each (the register limit cached per device).
 template <auto kKernel, int kThreads>
@@ -1421,8 +1457,6 @@ cudaError_t AttentionT(const float* q, const AttnTile* tiles, int n_tiles, const
 cudaError_t PrepareKernels() {
   cudaError_t e = ConfigureAttentionAll<float>();
   if (e == cudaSuccess) e = ConfigureAttentionAll<__nv_bfloat16>();
-  if (e == cudaSuccess) e = ConfigureDecodeAttention<float>();
-  if (e == cudaSuccess) e = ConfigureDecodeAttention<__nv_bfloat16>();
   if (e == cudaSuccess) e = ConfigureGemvAll<float>();
   if (e == cudaSuccess) e = ConfigureGemvAll<__nv_bfloat16>();
   return e;
@@ -1498,23 +1532,24 @@ cudaError_t Attention(const float* q, const AttnTile* tiles, int n_tiles, const 
 
 int DecodeAttentionKeys(const AttnShape& s, ElemType t) {
   if (s.head_dim <= 0 || s.head_dim > kMaxDecodeHeadDim || s.kv_heads <= 0 || s.q_heads <= 0 ||
-      s.q_heads % s.kv_heads != 0 || kDecWarps % (s.q_heads / s.kv_heads) != 0 ||
-      (s.head_dim * ElemSize(t)) % 16 != 0) {
+      s.q_heads % s.kv_heads != 0 || (s.head_dim * ElemSize(t)) % 16 != 0) {
     return 0;
   }
-  return t == ElemType::kBF16 ? DecCap<__nv_bfloat16>(s.head_dim) : DecCap<float>(s.head_dim);
+  return t == ElemType::kBF16 ? DecKeys<__nv_bfloat16>(s) : DecKeys<float>(s);
 }
 
 cudaError_t DecodeAttention(const float* q, const AttnTile* tiles, int n_tiles,
                             const AttnShape& shape, const void* k_cache, const void* v_cache,
-                            ElemType cache_type, void* out, cudaStream_t stream) {
+                            ElemType cache_type, void* out, cudaStream_t stream,
+                            int heads_per_block) {
   if (n_tiles <= 0) return cudaSuccess;
   if (DecodeAttentionKeys(shape, cache_type) == 0) return cudaErrorInvalidValue;
   if (cache_type == ElemType::kBF16) {
     return LaunchDecodeAttention<__nv_bfloat16>(q, tiles, n_tiles, shape, k_cache, v_cache, out,
-                                                stream);
+                                                stream, heads_per_block);
   }
-  return LaunchDecodeAttention<float>(q, tiles, n_tiles, shape, k_cache, v_cache, out, stream);
+  return LaunchDecodeAttention<float>(q, tiles, n_tiles, shape, k_cache, v_cache, out, stream,
+                                      heads_per_block);
 }
 
 cudaError_t SwiGlu(const float* gu, int rows, int inter, void* out, ElemType t,

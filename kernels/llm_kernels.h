@@ -109,17 +109,22 @@ bool AttentionSupported(const AttnShape& shape);
 
 // Decode attention: the same result as Attention for tiles of one row each (n_rows == 1)
 // whose slots appear in no other tile, in one kernel with no partial results in global
-// memory: one block per (tile, kv head) whose warps split the keys and combine in shared
-// memory. The keys before each tile's position are copied to shared memory before waiting
-// on the kernel that writes q (PDL). DecodeAttentionKeys is how many keys a block holds
-// there (0: shape not supported: head_dim > kMaxDecodeHeadDim, rows not a multiple of 16
-// bytes, or a group size that does not divide 16); positions from it on are read from
-// global memory (right, but slower: callers use Attention for them).
+// memory: one block per (tile, heads_per_block query heads of one kv head) whose warps
+// split the keys, each key scored against the block's heads at once, and combine in
+// shared memory. heads_per_block divides the group and is at most kMaxDecodeGroup; 0
+// picks the fewest that keep the grid within one block per SM. The keys before each
+// tile's position, up to DecodeAttentionKeys of them, are loaded into registers before
+// waiting on the kernel that writes q (PDL); keys from there on are read after the wait
+// (right at any position, but slower). DecodeAttentionKeys is 0 where the shape is not
+// supported: head_dim > kMaxDecodeHeadDim, rows not a multiple of 16 bytes, or q heads not
+// a multiple of kv heads.
 inline constexpr int kMaxDecodeHeadDim = 128;
+inline constexpr int kMaxDecodeGroup = 8;
 int DecodeAttentionKeys(const AttnShape& shape, ElemType cache_type);
 cudaError_t DecodeAttention(const float* q, const AttnTile* tiles, int n_tiles,
                             const AttnShape& shape, const void* k_cache, const void* v_cache,
-                            ElemType cache_type, void* out, cudaStream_t stream);
+                            ElemType cache_type, void* out, cudaStream_t stream,
+                            int heads_per_block = 0);
 
 // out[r][j] = elem(silu(gu[r][2j]) * gu[r][2j+1]) for j < inter (gate and up interleaved).
 cudaError_t SwiGlu(const float* gu, int rows, int inter, void* out, ElemType t,

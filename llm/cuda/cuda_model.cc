@@ -122,7 +122,7 @@ struct StepShape {
   // waiting on the q/k/v projection (SHARDVEC_ATTN_PREFETCH=0 turns that off).
   bool older_ready = false;
   // Every tile is one row, older_ready, tiles x kv heads fit one block per SM, and every
-  // position is below the keys a DecodeAttention block holds (and
+  // position is within a few times the keys a DecodeAttention block loads early (and
   // CudaModelOptions.decode_attention): attention runs as kl::DecodeAttention.
   bool decode_attention = false;
 };
@@ -642,11 +642,22 @@ absl::Status CudaLlama::RunStep(const ForwardBatch& b, std::vector<int32_t>* nex
       shape.older_ready = std::adjacent_find(seen.begin(), seen.end()) == seen.end();
     }
   }
-  // One block per (tile, kv head): only while they make one wave (measured on an H100, 1B
-  // shape: batch 8 1.485 ms a step against 1.537 on the splits, batch 64 2.122 against 2.026).
+  // Only while one block per (tile, kv head) makes one wave (the kernel spreads a kv head's
+  // query heads over more blocks where the SMs allow). Measured on an H100, 1B shape, batch
+  // 8: 1.46-1.49 ms a step against 1.52-1.54 on the splits (context 128), 1.52-1.56 against
+  // 1.67 (context 384); batch 64 was faster on the splits (2.03 against 2.12 ms, one block
+  // per kv head).
   if (decode_attention_ && shape.older_ready &&
       static_cast<int64_t>(tiles.size()) * kvh_ <= sm_count_) {
-    const int keys = kl::DecodeAttentionKeys({qh_, kvh_, D_, max_seq_len_}, et_);
+    // Positions up to `rounds` times the keys loaded before the wait (the rest are read
+    // after it, that many at a time): at batch 1, context 900 (4 rounds) took 1.11 ms a step
+    // against 1.16-1.18 on the splits. SHARDVEC_DECODE_ROUNDS changes it, for tuning runs.
+    static const int rounds = [] {
+      const char* v = std::getenv("SHARDVEC_DECODE_ROUNDS");
+      const int r = v != nullptr ? std::atoi(v) : 0;
+      return r > 0 ? r : 4;
+    }();
+    const int keys = rounds * kl::DecodeAttentionKeys({qh_, kvh_, D_, max_seq_len_}, et_);
     shape.decode_attention = keys > 0;
     for (const kl::AttnTile& t : tiles) {
       shape.decode_attention = shape.decode_attention && t.n_rows == 1 && t.pos_begin < keys;

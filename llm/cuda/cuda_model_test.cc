@@ -381,8 +381,8 @@ TEST(LlmKernels, AttentionMatchesReference) {
 }
 
 // DecodeAttention against the float64 reference: one-row tiles of distinct slots at
-// positions around the 32-key chunks and around the keys a block holds in shared memory
-// (`cap`; from there on keys are read from global memory), several group sizes.
+// positions around the keys a block loads before the wait (`cap`; from there on keys are
+// read after it, `cap` at a time), group sizes that fill the kernel's heads or not.
 TEST(LlmKernels, DecodeAttentionMatchesReference) {
   SKIP_WITHOUT_GPU();
   const uint64_t seed = FreshSeed();
@@ -390,13 +390,13 @@ TEST(LlmKernels, DecodeAttentionMatchesReference) {
   std::mt19937_64 rng(seed);
   for (kl::ElemType t : kTypes) {
     for (int D : {16, 64, 128}) {
-      for (int group : {1, 4, 8}) {
+      for (int group : {1, 3, 4, 8, 16}) {
         const int kvh = 2, qh = kvh * group;
         const int cap = kl::DecodeAttentionKeys({qh, kvh, D, 1 << 20}, t);
         ASSERT_GT(cap, 0) << Name(t) << " D=" << D << " group=" << group;
-        const int max_seq = cap + 40;
+        const int max_seq = 2 * cap + 40;
         const kl::AttnShape shape{qh, kvh, D, max_seq};
-        std::vector<int> pos = {0, 1, 31, 32, 33, 77, cap - 1, cap, max_seq - 1};
+        std::vector<int> pos = {0, 1, 31, 32, 33, 77, cap - 1, cap, cap + 1, 2 * cap, max_seq - 1};
         std::vector<int> slot(pos.size());
         std::vector<kl::AttnTile> tiles;
         for (size_t r = 0; r < pos.size(); ++r) {
@@ -411,24 +411,35 @@ TEST(LlmKernels, DecodeAttentionMatchesReference) {
         const std::vector<float> q = Random(size_t(rows) * qh * D, rng);
         auto dq = Buf::Of(q), dt = Buf::Of(tiles);
         const std::vector<double> want = AttentionReference(q, kr, vr, slot, pos, shape);
-        Buf out(size_t(rows) * qh * D * 4);
-        out.Poison(size_t(rows) * qh * D * 4);
-        ASSERT_EQ(kl::DecodeAttention(dq->get<float>(), dt->get<kl::AttnTile>(), rows, shape,
-                                      kc->get(), vc->get(), t, out.get(), nullptr),
-                  cudaSuccess);
-        ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
-        ExpectClose(ElemsBack(out, t, want.size()), want, t == kl::ElemType::kF32 ? 1e-5 : 8e-3,
-                    absl::StrCat(Name(t), " D=", D, " group=", group, " cap=", cap));
+        // Every split of the group into blocks (0: the automatic choice).
+        for (int hpb = 0; hpb <= std::min(group, kl::kMaxDecodeGroup); ++hpb) {
+          if (hpb > 0 && group % hpb != 0) continue;
+          Buf out(size_t(rows) * qh * D * 4);
+          out.Poison(size_t(rows) * qh * D * 4);
+          ASSERT_EQ(kl::DecodeAttention(dq->get<float>(), dt->get<kl::AttnTile>(), rows, shape,
+                                        kc->get(), vc->get(), t, out.get(), nullptr, hpb),
+                    cudaSuccess);
+          ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+          ExpectClose(ElemsBack(out, t, want.size()), want, t == kl::ElemType::kF32 ? 1e-5 : 8e-3,
+                      absl::StrCat(Name(t), " D=", D, " group=", group, " heads/block=", hpb,
+                                   " cap=", cap));
+        }
       }
     }
   }
-  // Shapes it does not take: a group size that does not divide 16, head_dim over 128, rows
-  // not a multiple of 16 bytes.
-  EXPECT_EQ(kl::DecodeAttentionKeys({6, 2, 64, 256}, kl::ElemType::kBF16), 0);
+  // Shapes it does not take: head_dim over 128, rows not a multiple of 16 bytes, q heads
+  // not a multiple of kv heads; a split of the group that does not divide it or is over 8.
   EXPECT_EQ(kl::DecodeAttentionKeys({4, 2, 256, 256}, kl::ElemType::kBF16), 0);
   EXPECT_EQ(kl::DecodeAttentionKeys({4, 2, 12, 256}, kl::ElemType::kBF16), 0);
-  EXPECT_EQ(kl::DecodeAttention(nullptr, nullptr, 1, {6, 2, 64, 256}, nullptr, nullptr,
+  EXPECT_EQ(kl::DecodeAttentionKeys({5, 2, 64, 256}, kl::ElemType::kBF16), 0);
+  EXPECT_EQ(kl::DecodeAttention(nullptr, nullptr, 1, {5, 2, 64, 256}, nullptr, nullptr,
                                 kl::ElemType::kBF16, nullptr, nullptr),
+            cudaErrorInvalidValue);
+  EXPECT_EQ(kl::DecodeAttention(nullptr, nullptr, 1, {8, 2, 64, 256}, nullptr, nullptr,
+                                kl::ElemType::kBF16, nullptr, nullptr, 3),
+            cudaErrorInvalidValue);
+  EXPECT_EQ(kl::DecodeAttention(nullptr, nullptr, 1, {32, 2, 64, 256}, nullptr, nullptr,
+                                kl::ElemType::kBF16, nullptr, nullptr, 16),
             cudaErrorInvalidValue);
 }
 
