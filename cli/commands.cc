@@ -361,6 +361,12 @@ int Ingest(const std::string& router, const IngestOptions& o) {
     SetDeadline(&ctx, absl::Seconds(30));
     if (grpc::Status s = stub->DescribeCollection(&ctx, describe, &info); !s.ok()) return Fail(s);
   }
+  // A JSONL file without records has no dimension either: nothing to check, train or send
+  // (the collection exists: DescribeCollection answered).
+  if ((*source)->dim() == 0 && (*source)->total_rows() == 0) {
+    std::printf("ingested 0 vectors into %s: %s has no records\n", o.collection.c_str(), o.file.c_str());
+    return 0;
+  }
   // A JSONL file of texts without vectors: the router embeds them with the collection's
   // embedder (a vector-less block of payload texts).
   const bool texts_only = (*source)->dim() == 0 && std::string((*source)->format()) == "jsonl";

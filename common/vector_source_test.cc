@@ -470,6 +470,14 @@ TEST(VectorSourceTest, JsonlEmptyFileHasNoRows) {
   ASSERT_TRUE(got.ok()) << got.status();
   EXPECT_EQ(got->rows, 0);
   EXPECT_EQ(got->dim, 0);
+  // Known to be empty at Open (total_rows 0), where a file with records is of unknown length.
+  auto source = VectorSource::Open(path);
+  ASSERT_TRUE(source.ok()) << source.status();
+  EXPECT_EQ((*source)->total_rows(), 0);
+  WriteBytes(path, "\n{\"id\": 1, \"text\": \"a cat\"}\n");
+  source = VectorSource::Open(path);
+  ASSERT_TRUE(source.ok()) << source.status();
+  EXPECT_EQ((*source)->total_rows(), -1);
 }
 
 TEST(VectorSourceTest, JsonlErrorsNameTheRow) {

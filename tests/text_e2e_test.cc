@@ -400,6 +400,19 @@ TEST_F(TextE2ETest, CliIngestsJsonlTextsAsUpsertedTexts) {
   r = cluster_->Cli({"ingest", "jsonl_texts", dir + "/mixed.jsonl"});
   EXPECT_EQ(r.exit_code, 1);
   EXPECT_THAT(r.err, HasSubstr("mixed.jsonl: row 1: has a \"vector\" but row 0 has none"));
+  // A file without records (blank lines only) loads nothing, into any collection, and says
+  // so, instead of being taken for texts without vectors. A missing collection is still
+  // refused.
+  std::ofstream(dir + "/empty.jsonl") << "\n  \n";
+  for (const char* coll : {"jsonl_vectors", "jsonl_ivf", "jsonl_texts"}) {
+    r = cluster_->Cli({"ingest", coll, dir + "/empty.jsonl"});
+    EXPECT_EQ(r.exit_code, 0) << coll << ": " << r.err;
+    EXPECT_THAT(r.out, HasSubstr(absl::StrCat("ingested 0 vectors into ", coll, ": ")));
+    EXPECT_THAT(r.out, HasSubstr("empty.jsonl has no records")) << coll;
+  }
+  r = cluster_->Cli({"ingest", "no_such_collection", dir + "/empty.jsonl"});
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_THAT(r.err, HasSubstr("NOT_FOUND"));
 }
 
 }  // namespace
