@@ -781,6 +781,7 @@ constexpr int kGemvWarps = 8;
 constexpr int kGemvThreads = kGemvWarps * 32;
 constexpr int kGemvUnroll = 4;
 constexpr int kGemvMaxSmem = 96 * 1024;  // the fused norm's x rows
+constexpr int kGemvStaggerPhases = 4;
 
 // The fused LM-head argmax: a (value, id) candidate as one 64-bit key whose unsigned order
 // is llm::SampleToken's greedy order (a larger number wins, ties go to the lower id, a NaN
@@ -1013,6 +1014,13 @@ __global__ void __launch_bounds__(kGemvThreads) GemvKernel(const GemvParams p, i
     }
   };
   int g = blockIdx.x;
+  // With the shared counter, blocks start their first loads in kGemvStaggerPhases phases
+  // stagger_ns apart: blocks that start together issue their loads in bursts in lockstep
+  // and leave DRAM idle while they all compute; staggered, their bursts interleave, and the
+  // late blocks take fewer groups from the counter.
+  if (p.stagger_ns > 0 && g % kGemvStaggerPhases != 0) {
+    __nanosleep(p.stagger_ns * (g % kGemvStaggerPhases));
+  }
   if (g < groups && (g * pb + slot) * R < n) load((g * pb + slot) * R, kb + lane);
   WaitPrior();
 
@@ -1029,7 +1037,19 @@ __global__ void __launch_bounds__(kGemvThreads) GemvKernel(const GemvParams p, i
 #pragma unroll
   for (int mm = 0; mm < M; ++mm) best[mm] = 0;
   bool first = true;
-  for (; g < groups; g += gridDim.x) {
+  // Groups after the first: the next in grid-stride order, or, with p.sched, the next one
+  // not yet taken by any block (fetched at the start of a group, read after a barrier at
+  // its end), so that blocks that get more bandwidth take more groups.
+  __shared__ int next_s[2];
+  const bool dynamic = p.sched != nullptr;
+  int it = 0;
+  auto advance = [&]() {
+    if (!dynamic) return g + static_cast<int>(gridDim.x);
+    __syncthreads();
+    return next_s[it++ & 1];
+  };
+  for (; g < groups; g = advance()) {
+    if (dynamic && threadIdx.x == 0) next_s[it & 1] = atomicAdd(p.sched, 1) + gridDim.x;
     const int row0 = (g * pb + slot) * R;
     const bool active = row0 < n;
     float acc[R][M];
@@ -1094,6 +1114,14 @@ __global__ void __launch_bounds__(kGemvThreads) GemvKernel(const GemvParams p, i
       for (int mm = 0; mm < M; ++mm) acc[r][mm] *= rsc[mm];
     }
     GemvPairOut<T, M>(p, row0, acc, lane, best);
+  }
+  if (dynamic && threadIdx.x == 0) {
+    // The last block to finish leaves the counters zeroed for the next launch.
+    __threadfence();
+    if (atomicAdd(p.sched + 1, 1) == static_cast<int>(gridDim.x) - 1) {
+      p.sched[0] = 0;
+      p.sched[1] = 0;
+    }
   }
   if (p.argmax_out != nullptr) GemvArgMaxFinish<M>(p, best, best_s, &ticket);
 }
@@ -1197,8 +1225,20 @@ cudaError_t LaunchGemvM(const GemvParams& p, cudaStream_t stream) {
   const int pb = kGemvWarps / ks;
   const int needed = (p.n + 2 * pb - 1) / (2 * pb);
   const dim3 grid(resident > 0 ? std::min(needed, resident) : needed);
-  if (norm) return Launch(GemvKernel<T, M, true>, grid, dim3(kGemvThreads), smem, stream, p, ks);
-  return Launch(GemvKernel<T, M, false>, grid, dim3(kGemvThreads), 0, stream, p, ks);
+  // SHARDVEC_GEMV_STAGGER (ns, default 1000; 0: off) sets the first loads' stagger, for
+  // tuning runs.
+  static const unsigned stagger = [] {
+    const char* v = std::getenv("SHARDVEC_GEMV_STAGGER");
+    return v != nullptr ? static_cast<unsigned>(std::max(0, std::atoi(v))) : 1000u;
+  }();
+  GemvParams q = p;
+  q.stagger_ns = q.sched != nullptr ? stagger : 0;
+  if (static_cast<int>(grid.x) >= needed) {  // one group a block
+    q.sched = nullptr;
+    q.stagger_ns = 0;
+  }
+  if (norm) return Launch(GemvKernel<T, M, true>, grid, dim3(kGemvThreads), smem, stream, q, ks);
+  return Launch(GemvKernel<T, M, false>, grid, dim3(kGemvThreads), 0, stream, q, ks);
 }
 
 template <typename T>

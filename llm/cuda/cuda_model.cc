@@ -202,7 +202,7 @@ class CudaLlama : public Model {
   int rows_cap_ = 0, samples_cap_ = 0;
   DeviceMem in_;  // int32: tokens | positions | slots | tiles (4 each) | sample rows
   DeviceMem h_, xn_, qkv_, q_, attn_, delta_, gu_, act_, partial_, counters_;
-  DeviceMem xs_, logits_local_, gathered_, logits_, next_, argmax_scratch_;
+  DeviceMem xs_, logits_local_, gathered_, logits_, next_, argmax_scratch_, gemv_sched_;
   PinnedMem h_in_, h_next_;
 
   std::map<std::pair<int, bool>, cudaGraphExec_t> graphs_;  // (bucket, decode_attention)
@@ -389,6 +389,10 @@ absl::Status CudaLlama::EnsureCapacity(int rows, int samples) {
   const size_t scratch = kl::ArgMaxScratchBytes(static_cast<int>(S));
   SV_RETURN_IF_ERROR(argmax_scratch_.Alloc(scratch, "argmax scratch"));
   SV_CUDA(cudaMemsetAsync(argmax_scratch_.get(), 0, scratch, stream_), "cudaMemset");
+  if (gemv_sched_.get() == nullptr) {
+    SV_RETURN_IF_ERROR(gemv_sched_.Alloc(8, "GEMV counters"));
+    SV_CUDA(cudaMemsetAsync(gemv_sched_.get(), 0, 8, stream_), "cudaMemset");
+  }
   SV_RETURN_IF_ERROR(h_next_.Reserve(S * 4));
   rows_cap_ = static_cast<int>(R);
   samples_cap_ = static_cast<int>(S);
@@ -786,6 +790,13 @@ kl::GemvParams CudaLlama::Gemv(const void* w, int n, int k, int m) const {
   p.k = k;
   p.m = m;
   p.eps = static_cast<float>(cfg_.rms_norm_eps);
+  // Blocks of multi-group launches take their groups from a shared counter, staggered
+  // (GemvParams::sched); SHARDVEC_GEMV_DYNAMIC=0: grid-stride order, for tuning runs.
+  static const bool dynamic = [] {
+    const char* v = std::getenv("SHARDVEC_GEMV_DYNAMIC");
+    return v == nullptr || std::string(v) != "0";
+  }();
+  if (dynamic) p.sched = gemv_sched_.as<int>();
   return p;
 }
 

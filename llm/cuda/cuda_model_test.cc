@@ -443,6 +443,74 @@ TEST(LlmKernels, DecodeAttentionMatchesReference) {
             cudaErrorInvalidValue);
 }
 
+// y[i][j] = sum over kk of x[i][kk] * w[j][kk] in float64 (x: m x k, w: n x k).
+std::vector<double> GemvReference(const std::vector<float>& x, const std::vector<float>& w, int m,
+                                  int n, int k) {
+  std::vector<double> y(size_t(m) * n);
+  for (int i = 0; i < m; ++i) {
+    for (int j = 0; j < n; ++j) {
+      double acc = 0;
+      for (int kk = 0; kk < k; ++kk) acc += double(x[size_t(i) * k + kk]) * w[size_t(j) * k + kk];
+      y[size_t(i) * n + j] = acc;
+    }
+  }
+  return y;
+}
+
+// Blocks taking their groups of rows from a shared counter (GemvParams::sched): every row
+// computed once and right, with and without the fused argmax, and the counters left
+// zeroed, so that the next launch (here the same one again) starts from 0.
+TEST(LlmKernels, GemvDynamicScheduleMatchesReference) {
+  SKIP_WITHOUT_GPU();
+  const uint64_t seed = FreshSeed();
+  SCOPED_TRACE(absl::StrCat("seed ", seed));
+  std::mt19937_64 rng(seed);
+  for (kl::ElemType t : kTypes) {
+    // Many more row groups than resident blocks (n = 150001: odd, not a multiple of any
+    // group size).
+    const int n = 150001, k = 64;
+    for (int m : {1, 3}) {
+      std::vector<float> w, x;
+      auto dw = Elems(Random(size_t(n) * k, rng, 0.05f), t, &w);
+      auto dx = Elems(Random(size_t(m) * k, rng), t, &x);
+      const std::vector<double> y = GemvReference(x, w, m, n, k);
+      auto sched = Buf::Of(std::vector<int32_t>{0, 0});
+      auto scratch = Buf::Of(std::vector<uint8_t>(kl::ArgMaxScratchBytes(m), 0));
+      Buf ids(size_t(m) * 4);
+      for (int rep = 0; rep < 2; ++rep) {
+        Buf out(size_t(m) * n * 4);
+        out.Poison(size_t(m) * n * 4);
+        kl::GemvParams p;
+        p.w = dw->get();
+        p.type = t;
+        p.n = n;
+        p.k = k;
+        p.m = m;
+        p.x = dx->get();
+        p.y = out.get();
+        p.sched = sched->get<int>();
+        if (rep == 1) {
+          p.argmax_out = ids.get<int32_t>();
+          p.argmax_scratch = scratch->get();
+        }
+        ASSERT_EQ(kl::GemvEx(p, nullptr), cudaSuccess);
+        ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+        const std::string what = absl::StrCat(Name(t), " m=", m, " rep=", rep);
+        ExpectClose(out.Get<float>(size_t(m) * n), y, 1e-5, what);
+        EXPECT_EQ(sched->Get<int32_t>(2), (std::vector<int32_t>{0, 0})) << what;
+        if (rep == 1) {
+          const std::vector<float> got = out.Get<float>(size_t(m) * n);
+          const std::vector<int32_t> id = ids.Get<int32_t>(m);
+          for (int i = 0; i < m; ++i) {
+            EXPECT_EQ(id[i], SampleToken(got.data() + size_t(i) * n, n, SamplingParams{}))
+                << what << " row " << i;
+          }
+        }
+      }
+    }
+  }
+}
+
 TEST(LlmKernels, GemvMatchesReference) {
   SKIP_WITHOUT_GPU();
   const uint64_t seed = FreshSeed();
@@ -454,14 +522,7 @@ TEST(LlmKernels, GemvMatchesReference) {
         std::vector<float> w, x;
         auto dw = Elems(Random(size_t(n) * k, rng, 0.05f), t, &w);
         auto dx = Elems(Random(size_t(m) * k, rng), t, &x);
-        std::vector<double> y(size_t(m) * n);
-        for (int i = 0; i < m; ++i) {
-          for (int j = 0; j < n; ++j) {
-            double s = 0;
-            for (int kk = 0; kk < k; ++kk) s += double(x[size_t(i) * k + kk]) * w[size_t(j) * k + kk];
-            y[size_t(i) * n + j] = s;
-          }
-        }
+        const std::vector<double> y = GemvReference(x, w, m, n, k);
         Buf out(size_t(m) * n * 4);
         out.Poison(size_t(m) * n * 4);
         ASSERT_EQ(kl::Gemv(dw->get(), t, n, k, dx->get(), m, out.get(), kl::GemvEpilogue::kStoreF32,
