@@ -757,13 +757,12 @@ class JsonlSource : public VectorSource {
     absl::StatusOr<bool> got = source->ReadRow(&source->pending_);
     if (!got.ok()) return got.status();
     source->has_pending_ = *got;
-    source->empty_ = !*got;
     return std::unique_ptr<VectorSource>(std::move(source));
   }
 
   int dim() const override { return dim_; }
-  // 0 for a file without records (known at Open), else unknown until read.
-  int64_t total_rows() const override { return empty_ ? 0 : -1; }
+  // 0 for a file without records (Open read no row), else unknown until read.
+  int64_t total_rows() const override { return row_ == 0 ? 0 : -1; }
   const char* format() const override { return "jsonl"; }
 
   absl::Status Next(int64_t max_rows, SourceBatch* out) override {
@@ -852,7 +851,6 @@ class JsonlSource : public VectorSource {
   int64_t line_ = 0;  // lines read so far, blank ones included
   JsonRow pending_;   // read but not yet returned: the first row, read by Open
   bool has_pending_ = false;
-  bool empty_ = false;  // no record at all
 };
 
 using Opener = absl::StatusOr<std::unique_ptr<VectorSource>> (*)(const std::string&, const SourceOptions&);

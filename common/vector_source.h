@@ -25,11 +25,10 @@
 //
 // JSONL: "vector" and "id" (an integer in [0, 2^64-2]) are each on every row or on none;
 // "text" is a string, and "vector" an array (null or "" / null = none); a file without
-// vectors is text for a collection
-// with an embedder (dim() is 0, and every row needs a non-empty "text"); "metadata" is an object whose string
-// values are kept, numbers and booleans become their JSON text (2.50 -> "2.5", true ->
-// "true"), and null values drop the key. Other keys are refused, so typos are not
-// silently lost.
+// vectors is text for a collection with an embedder (dim() is 0, and every row needs a
+// non-empty "text"); "metadata" is an object whose string values are kept, numbers and
+// booleans become their JSON text (2.50 -> "2.5", true -> "true"), and null values drop
+// the key. Other keys are refused, so typos are not silently lost.
 #ifndef SHARDVEC_COMMON_VECTOR_SOURCE_H_
 #define SHARDVEC_COMMON_VECTOR_SOURCE_H_
 
@@ -77,7 +76,7 @@ class VectorSource {
   // Components per vector; known after Open (0 only for an empty JSONL file or one of
   // texts without vectors).
   virtual int dim() const = 0;
-  // Rows in the file; -1 when unknown until read (JSONL).
+  // Rows in the file; -1 when unknown until read (JSONL, except 0 for one without records).
   virtual int64_t total_rows() const = 0;
   // "fvecs", "bvecs", "fbin", "u8bin", "i8bin", "npy", "hdf5" or "jsonl".
   virtual const char* format() const = 0;

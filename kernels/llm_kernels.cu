@@ -461,13 +461,11 @@ const DeviceInfo* GetDeviceInfo() {
 // shuffles, and the block combines its warps' partial results in shared memory. So no
 // partial results go through global memory and nothing is left to a second kernel.
 
-// Passes held in registers, and warps: 16 (at most 128 registers a thread), 8 for groups
-// of 8 heads, whose accumulators take more.
+// Passes held in registers, and warps for a block of `heads` query heads: 16 (at most 128
+// registers a thread), 8 for more than 4 heads (the kernel's 8), whose accumulators take
+// more.
 constexpr int kDecPasses = 4;
-template <typename T, int G>
-__host__ __device__ constexpr int DecWarps() {
-  return G >= 8 ? 8 : 16;
-}
+__host__ __device__ constexpr int DecWarps(int heads) { return heads > 4 ? 8 : 16; }
 
 // Lanes per key: the row's 16-byte vectors rounded up to a power of two (<= 32).
 __host__ __device__ constexpr int DecLanes(int vectors) {
@@ -476,7 +474,7 @@ __host__ __device__ constexpr int DecLanes(int vectors) {
   return l;
 }
 
-template <typename T, int G, int W = DecWarps<T, G>()>
+template <typename T, int G, int W = DecWarps(G)>
 __global__ void __launch_bounds__(W * 32)
     DecodeAttentionKernel(const float* __restrict__ q, const AttnTile* __restrict__ tiles,
                           AttnShape shape, const T* __restrict__ k_cache,
@@ -694,19 +692,13 @@ int DecHeadsPerBlock(const AttnShape& s, int n_tiles) {
   return best;
 }
 
-template <typename T>
-int DecWarpsFor(int hpb) {
-  return hpb <= 1 ? DecWarps<T, 1>() : hpb <= 2 ? DecWarps<T, 2>() : hpb <= 4 ? DecWarps<T, 4>()
-                                                                             : DecWarps<T, 8>();
-}
-
 // Keys loaded before the wait, for the smallest block any heads-per-block choice gives.
 template <typename T>
 int DecKeys(const AttnShape& s) {
   const int group = s.q_heads / s.kv_heads;
-  int warps = DecWarps<T, 1>();
+  int warps = DecWarps(1);
   for (int h = 1; h <= group; ++h) {
-    if (group % h == 0 && h <= kMaxDecodeGroup) warps = std::min(warps, DecWarpsFor<T>(h));
+    if (group % h == 0 && h <= kMaxDecodeGroup) warps = std::min(warps, DecWarps(h));
   }
   return kDecPasses * warps * (32 / DecLanes(s.head_dim * static_cast<int>(sizeof(T)) / 16));
 }
@@ -723,7 +715,7 @@ cudaError_t LaunchDecodeAttention(const float* q, const AttnTile* tiles, int n_t
   const auto* kc = static_cast<const T*>(k_cache);
   const auto* vc = static_cast<const T*>(v_cache);
   auto* o = static_cast<T*>(out);
-  const int warps = DecWarpsFor<T>(hpb);
+  const int warps = DecWarps(hpb);
   const size_t smem = sizeof(float) * (warps * hpb * (D + 2) + hpb * D);
   auto launch = [&](auto kernel) {
     return Launch(kernel, grid, dim3(warps * 32), smem, stream, q, tiles, s, kc, vc, hpb, scale,
@@ -795,16 +787,10 @@ __device__ __forceinline__ unsigned long long ArgKey(float v, int id) {
   return (static_cast<unsigned long long>(u) << 32) | low;
 }
 
-// Barrier over the first `threads` threads of the block (named barrier 1), for kernels
-// whose other warps do something else (the streaming GEMV's producer warp).
-__device__ __forceinline__ void SyncThreads(int threads) {
-  asm volatile("bar.sync 1, %0;" ::"r"(threads) : "memory");
-}
-
 // The fused norm (deferred): writes elem(h[src] * norm_w) for the M rows into xs (shared
 // memory) and sets rsc[mm] = rsqrt(mean(h[src]^2) + eps), the scale the dot products get
-// in the epilogue, so only one barrier (over the kGemvThreads computing threads) stands
-// between the wait on the producer of h and the weight math.
+// in the epilogue, so only one block barrier stands between the wait on the producer of h
+// and the weight math.
 template <typename T, int M>
 __device__ __forceinline__ void NormRowsToShared(const GemvParams& p, T* xs,
                                                  float (&red)[kGemvWarps][2 * M],
@@ -841,7 +827,7 @@ __device__ __forceinline__ void NormRowsToShared(const GemvParams& p, T* xs,
     ss = WarpSum(ss);
     if (lane == 0) red[warp][mm] = ss;
   }
-  SyncThreads(kGemvThreads);
+  __syncthreads();
 #pragma unroll
   for (int mm = 0; mm < M; ++mm) {
     float ss = 0.f;
@@ -981,7 +967,8 @@ __device__ __forceinline__ void GemvArgMaxFinish(const GemvParams& p,
 // block first writes the normalised x rows into shared memory (NormRowsToShared). x is
 // read through generic loads.
 template <typename T, int M, bool kNorm>
-__global__ void __launch_bounds__(kGemvThreads) GemvKernel(const GemvParams p, int ks) {
+__global__ void __launch_bounds__(kGemvThreads)
+    GemvKernel(const GemvParams p, int ks, unsigned stagger_ns) {
   // Few rows: more weight loads in flight per lane (a whole 2048-wide row pair of a warp
   // prefetched before the wait).
   constexpr int R = 2, U = M <= 2 ? 2 * kGemvUnroll : kGemvUnroll;
@@ -1018,8 +1005,8 @@ __global__ void __launch_bounds__(kGemvThreads) GemvKernel(const GemvParams p, i
   // stagger_ns apart: blocks that start together issue their loads in bursts in lockstep
   // and leave DRAM idle while they all compute; staggered, their bursts interleave, and the
   // late blocks take fewer groups from the counter.
-  if (p.stagger_ns > 0 && g % kGemvStaggerPhases != 0) {
-    __nanosleep(p.stagger_ns * (g % kGemvStaggerPhases));
+  if (stagger_ns > 0 && g % kGemvStaggerPhases != 0) {
+    __nanosleep(stagger_ns * (g % kGemvStaggerPhases));
   }
   if (g < groups && (g * pb + slot) * R < n) load((g * pb + slot) * R, kb + lane);
   WaitPrior();
@@ -1232,13 +1219,13 @@ cudaError_t LaunchGemvM(const GemvParams& p, cudaStream_t stream) {
     return v != nullptr ? static_cast<unsigned>(std::max(0, std::atoi(v))) : 1000u;
   }();
   GemvParams q = p;
-  q.stagger_ns = q.sched != nullptr ? stagger : 0;
-  if (static_cast<int>(grid.x) >= needed) {  // one group a block
-    q.sched = nullptr;
-    q.stagger_ns = 0;
+  if (static_cast<int>(grid.x) >= needed) q.sched = nullptr;  // one group a block
+  const unsigned stagger_ns = q.sched != nullptr ? stagger : 0;
+  if (norm) {
+    return Launch(GemvKernel<T, M, true>, grid, dim3(kGemvThreads), smem, stream, q, ks,
+                  stagger_ns);
   }
-  if (norm) return Launch(GemvKernel<T, M, true>, grid, dim3(kGemvThreads), smem, stream, q, ks);
-  return Launch(GemvKernel<T, M, false>, grid, dim3(kGemvThreads), 0, stream, q, ks);
+  return Launch(GemvKernel<T, M, false>, grid, dim3(kGemvThreads), 0, stream, q, ks, stagger_ns);
 }
 
 template <typename T>

@@ -175,7 +175,6 @@ struct GemvParams {
   // 1 us apart, so that co-resident blocks do not all wait on DRAM and then all compute
   // (on an H100, batch-1 decode 1.000-1.008 ms a step against 1.032-1.070 without).
   int* sched = nullptr;
-  unsigned stagger_ns = 0;  // set by the launcher
 };
 inline constexpr int kGemvMaxRows = 8;
 // Whether GemvEx takes these parameters (m, alignment, k a multiple of 16 bytes of

@@ -53,9 +53,9 @@ struct CudaModelOptions {
   // weight once (and at T = 1 a layer of five fused kernels); larger steps use cuBLAS.
   // On an H100 (1B shape) batch 8 ran 2.14 ms a step on the kernel and 1.59 on cuBLAS.
   int gemv_max_rows = 4;
-  // Steps whose tiles are single decode rows of distinct sequences, all at positions a
-  // block holds in shared memory, run attention as one block per (sequence, kv head)
-  // (kernels/llm_kernels.h, DecodeAttention) instead of flash-decoding splits.
+  // Steps whose tiles are single decode rows of distinct sequences, all within 4 rounds of
+  // the keys a block loads into registers, run attention as one kernel of blocks of query
+  // heads (kernels/llm_kernels.h, DecodeAttention) instead of flash-decoding splits.
   bool decode_attention = true;
 };
 

@@ -147,28 +147,41 @@ void ExpectClose(const std::vector<float>& got, const std::vector<double>& want,
 
 const kl::ElemType kTypes[] = {kl::ElemType::kF32, kl::ElemType::kBF16};
 
+// y[i][j] = sum over kk of x[i][kk] * w[j][kk] in float64 (x: m x k, w: n x k).
+std::vector<double> GemvReference(const std::vector<float>& x, const std::vector<float>& w, int m,
+                                  int n, int k) {
+  std::vector<double> y(size_t(m) * n);
+  for (int i = 0; i < m; ++i) {
+    for (int j = 0; j < n; ++j) {
+      double acc = 0;
+      for (int kk = 0; kk < k; ++kk) acc += double(x[size_t(i) * k + kk]) * w[size_t(j) * k + kk];
+      y[size_t(i) * n + j] = acc;
+    }
+  }
+  return y;
+}
+
 // float64 reference of the skinny GEMM with the fused (deferred) norm, as the kernel
 // defines it: x = elem(h[map[i]] * g), y[i][j] = rsqrt(mean(h[map[i]]^2) + eps) * (x . w[j]).
 std::vector<double> NormGemvReference(const std::vector<float>& h, const std::vector<int32_t>& map,
                                       const std::vector<float>& g, const std::vector<float>& w,
                                       int n, int k, kl::ElemType t, double eps) {
   const int m = static_cast<int>(map.size());
-  std::vector<double> y(size_t(m) * n);
+  std::vector<float> x(size_t(m) * k);
+  std::vector<double> r(m);
   for (int i = 0; i < m; ++i) {
     const float* hr = h.data() + size_t(map[i]) * k;
     double ss = 0;
     for (int kk = 0; kk < k; ++kk) ss += double(hr[kk]) * hr[kk];
-    const double r = 1 / std::sqrt(ss / k + eps);
-    std::vector<float> x(k);
+    r[i] = 1 / std::sqrt(ss / k + eps);
     for (int kk = 0; kk < k; ++kk) {
       const float v = hr[kk] * g[kk];
-      x[kk] = t == kl::ElemType::kF32 ? v : RoundBf16(v);
+      x[size_t(i) * k + kk] = t == kl::ElemType::kF32 ? v : RoundBf16(v);
     }
-    for (int j = 0; j < n; ++j) {
-      double acc = 0;
-      for (int kk = 0; kk < k; ++kk) acc += double(x[kk]) * w[size_t(j) * k + kk];
-      y[size_t(i) * n + j] = acc * r;
-    }
+  }
+  std::vector<double> y = GemvReference(x, w, m, n, k);
+  for (int i = 0; i < m; ++i) {
+    for (int j = 0; j < n; ++j) y[size_t(i) * n + j] *= r[i];
   }
   return y;
 }
@@ -441,20 +454,6 @@ TEST(LlmKernels, DecodeAttentionMatchesReference) {
   EXPECT_EQ(kl::DecodeAttention(nullptr, nullptr, 1, {32, 2, 64, 256}, nullptr, nullptr,
                                 kl::ElemType::kBF16, nullptr, nullptr, 16),
             cudaErrorInvalidValue);
-}
-
-// y[i][j] = sum over kk of x[i][kk] * w[j][kk] in float64 (x: m x k, w: n x k).
-std::vector<double> GemvReference(const std::vector<float>& x, const std::vector<float>& w, int m,
-                                  int n, int k) {
-  std::vector<double> y(size_t(m) * n);
-  for (int i = 0; i < m; ++i) {
-    for (int j = 0; j < n; ++j) {
-      double acc = 0;
-      for (int kk = 0; kk < k; ++kk) acc += double(x[size_t(i) * k + kk]) * w[size_t(j) * k + kk];
-      y[size_t(i) * n + j] = acc;
-    }
-  }
-  return y;
 }
 
 // Blocks taking their groups of rows from a shared counter (GemvParams::sched): every row
