@@ -15,6 +15,7 @@
 #include <cmath>
 #include <cstdio>
 #include <fstream>
+#include <limits>
 #include <random>
 #include <string>
 #include <thread>
@@ -245,11 +246,39 @@ void BreakDown(Context& ctx, void* db, const Data& data, const float* q, int bat
     CHECK_CUDA(kernels::internal::SelectFromTile(tile, nb, n, n, bias, 0, -2.0f, k, keys, vals,
                                                  segs * k, 0, stream));
   }, 3, 0.2);
+  // The filter's GEMM alone: thresholds of -inf keep nothing.
+  double filter_ms = 0, tile_filter_ms = 0;
+  if (kernels::internal::FilterGemmSupports(db, data.dim)) {
+    std::vector<float> host_thr(nb, -INFINITY), host_norm(nb, 0.0f);
+    float* thr = Upload(host_thr.data(), host_thr.size());
+    float* qn = Upload(host_norm.data(), host_norm.size());
+    int32_t* count = DeviceAlloc<int32_t>(nb);
+    int32_t* cand = DeviceAlloc<int32_t>(nb);
+    float* key = DeviceAlloc<float>(nb);
+    CHECK_CUDA(cudaMemset(count, 0, sizeof(int32_t) * nb));
+    filter_ms = TimeMs(ctx, [&](int) {
+      CHECK_CUDA(kernels::internal::FilterGemm(static_cast<const float*>(db), bias, n, data.dim, q,
+                                               nb, thr, qn, 0.0f, 0.0f, cand, key, 1, count,
+                                               stream));
+    }, 3, 0.2);
+    tile_filter_ms = TimeMs(ctx, [&](int) {
+      CHECK_CUDA(kernels::internal::FilterTile(tile, nb, n, n, 0, bias, thr, qn, 0.0f, 0.0f, cand,
+                                               key, 1, count, stream));
+    }, 3, 0.2);
+    cudaFree(thr);
+    cudaFree(qn);
+    cudaFree(count);
+    cudaFree(cand);
+    cudaFree(key);
+  }
   const double gb = 2.0 * nb * n * 4 / 1e9;
   std::printf("# breakdown, %d queries x %lld rows, k %d: GEMM fp32 %.2f ms, TF32 %.2f ms "
-              "(%.0f GB written); round-one select %.2f ms (%.0f GB/s of tile read)\n",
+              "(%.0f GB written); round-one select %.2f ms (%.0f GB/s of tile read); filter "
+              "GEMM %.2f ms (%.0f TFLOP/s); tile filter %.2f ms (%.0f GB/s)\n",
               nb, static_cast<long long>(n), k, gemm_ms[0], gemm_ms[1], gb / 2, select_ms,
-              gb / 2 / (select_ms / 1000));
+              gb / 2 / (select_ms / 1000), filter_ms,
+              2.0 * nb * n * data.dim / (filter_ms / 1000) / 1e12, tile_filter_ms,
+              gb / 2 / (tile_filter_ms / 1000));
   cudaFree(tile);
   cudaFree(bias);
   cudaFree(keys);
@@ -261,10 +290,14 @@ void FlatBench(Context& ctx, const Data& data, const std::vector<int>& batches,
                double copy_bw, std::vector<Row>* rows) {
   const int64_t nq_all = static_cast<int64_t>(data.queries.size()) / data.dim;
   float* q = Upload(data.queries.data(), data.queries.size());
+  const int64_t default_filter_rows = ctx.filter_min_rows();
   for (const std::string& storage : storages) {
     const bool half = storage == "f16";
-    // "f32-notc": float32 with the tensor-core (TF32 + exact re-rank) path turned off.
+    // "f32-notc": float32 with the tensor-core (TF32 + exact re-rank) path turned off;
+    // "f32-tile": that path through a TF32 distance tile instead of the GEMM's filter.
     ctx.set_allow_tf32(storage != "f32-notc");
+    ctx.set_filter_min_rows(storage == "f32-tile" ? std::numeric_limits<int64_t>::max()
+                                                  : default_filter_rows);
     void* db;
     if (half) {
       db = DeviceAlloc<__half>(data.base.size());
@@ -306,9 +339,20 @@ void FlatBench(Context& ctx, const Data& data, const std::vector<int>& batches,
           searched += batch;
         });
         if (kernels::UsesTensorCores(flat, batch, k, Metric::kL2) && ctx.allow_tf32()) {
-          std::printf("# TF32 path, batch %d k %d: %lld of %lld queries re-searched in float32\n",
-                      batch, k, static_cast<long long>(fallbacks),
+          std::printf("# TF32 path (%s), batch %d k %d: %lld of %lld queries re-searched in "
+                      "float32\n",
+                      storage.c_str(), batch, k, static_cast<long long>(fallbacks),
                       static_cast<long long>(searched));
+          const kernels::Context::FilterStats& fs = ctx.filter_stats();
+          if (fs.queries > 0) {
+            std::printf("#   filter (last batch): sample %lld rows, cap %lld, %.0f candidates a "
+                        "query, %lld of %lld over the cap, %lld of those through the tile\n",
+                        static_cast<long long>(fs.sample_rows), static_cast<long long>(fs.cap),
+                        static_cast<double>(fs.candidates) /
+                            std::max<int64_t>(1, fs.queries - fs.over_cap),
+                        static_cast<long long>(fs.over_cap), static_cast<long long>(fs.queries),
+                        static_cast<long long>(fs.tiled));
+          }
         }
         Row r;
         r.dataset = data.name;
@@ -526,7 +570,7 @@ int Main(int argc, char** argv) {
   int64_t nq = 10000;
   std::vector<int> batches{1, 16, 256, 4096};
   std::vector<int> ks{10, 100};
-  std::vector<std::string> storages{"f32", "f32-notc", "f16"};
+  std::vector<std::string> storages{"f32", "f32-tile", "f32-notc", "f16"};
   std::vector<int> nprobes{8, 16, 32, 64};
   int ivf = 0;
   bool flat = true;

@@ -5,6 +5,7 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <limits>
 #include <vector>
@@ -58,6 +59,8 @@ absl::Status CheckK(int k) {
 }
 
 int64_t CeilDiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+int64_t Budget(const Context& ctx) { return static_cast<int64_t>(ctx.scratch_budget()); }
 
 // Reduces rows of `len` pairs (stride `stride`) in place-or-ping-pong until at most one
 // segment is left, then to k pairs at dst (stride dst_stride). `spare` must hold
@@ -157,10 +160,10 @@ namespace {
 // The k best rows of each query. Either finalized (sorted distances and ids into
 // out_dist/out_ids) or, when pair_keys is set, left as nq x k unsorted (key, row) pairs
 // whose keys are row_bias + scale * dot (no ||q||^2). tf32: the GEMM runs on tensor
-// cores in TF32 (callers re-rank).
+// cores in TF32 (callers re-rank). Temporary memory stays within `budget` bytes.
 absl::Status FlatTopK(Context& ctx, const FlatData& db, const float* queries, int64_t nq, int k,
                       Metric metric, bool tf32, float* out_dist, int64_t* out_ids,
-                      uint32_t* pair_keys, int64_t* pair_vals) {
+                      uint32_t* pair_keys, int64_t* pair_vals, int64_t budget) {
   cudaStream_t stream = StreamOf(ctx);
   const bool ip = metric == Metric::kInnerProduct;
   const bool half = db.storage == Storage::kFloat16;
@@ -193,7 +196,6 @@ absl::Status FlatTopK(Context& ctx, const FlatData& db, const float* queries, in
   };
   int64_t qb = std::min<int64_t>(nq, 16384);
   int64_t t = db.n;
-  const int64_t budget = static_cast<int64_t>(ctx.scratch_budget());
   while (bytes_for(qb, t) > budget) {
     if (qb > 256 && (qb >= 4 * CeilDiv(t, 1 << 18) || t <= internal::kTileSegment)) {
       qb = CeilDiv(qb, 2);
@@ -294,6 +296,51 @@ absl::Status FlatTopK(Context& ctx, const FlatData& db, const float* queries, in
   return absl::OkStatus();
 }
 
+// The queries at `redo` (ascending) are searched again in float32 and their rows of
+// out_dist / out_ids overwritten.
+absl::Status SearchAgain(Context& ctx, const FlatData& db, const float* queries, int k,
+                         const std::vector<int64_t>& redo, float* out_dist, int64_t* out_ids) {
+  if (redo.empty()) return absl::OkStatus();
+  cudaStream_t stream = StreamOf(ctx);
+  Temp temp(stream);
+  const int64_t nr = static_cast<int64_t>(redo.size());
+  float *rq = nullptr, *rd = nullptr;
+  int64_t *ri = nullptr, *rows = nullptr;
+  if (auto s = temp.Alloc(nr * db.dim, &rq); !s.ok()) return s;
+  if (auto s = temp.Alloc(nr * k, &rd); !s.ok()) return s;
+  if (auto s = temp.Alloc(nr * k, &ri); !s.ok()) return s;
+  if (auto s = temp.Alloc(nr, &rows); !s.ok()) return s;
+  // From pageable memory the copy has read `redo` by the time it returns.
+  SV_CUDA(cudaMemcpyAsync(rows, redo.data(), sizeof(int64_t) * nr, cudaMemcpyHostToDevice, stream),
+          "copy rows");
+  SV_CUDA(internal::CopyRows(queries, rows, rq, nullptr, nr, db.dim, stream), "gather");
+  if (auto s = FlatTopK(ctx, db, rq, nr, k, Metric::kL2, /*tf32=*/false, rd, ri, nullptr, nullptr,
+                        Budget(ctx));
+      !s.ok()) {
+    return s;
+  }
+  SV_CUDA(internal::CopyRows(rd, nullptr, out_dist, rows, nr, k, stream), "scatter");
+  SV_CUDA(internal::CopyRows(ri, nullptr, out_ids, rows, nr, 2 * int64_t{k}, stream), "scatter");
+  return absl::OkStatus();
+}
+
+// Queries whose ok flag (device, nq bytes) is 0 are searched again in float32;
+// *fallbacks counts them. Synchronizes the stream.
+absl::Status SearchAgainWhereNotOk(Context& ctx, const FlatData& db, const float* queries,
+                                   int64_t nq, int k, const uint8_t* ok, float* out_dist,
+                                   int64_t* out_ids, int64_t* fallbacks) {
+  cudaStream_t stream = StreamOf(ctx);
+  std::vector<uint8_t> host_ok(nq);
+  SV_CUDA(cudaMemcpyAsync(host_ok.data(), ok, nq, cudaMemcpyDeviceToHost, stream), "copy flags");
+  SV_CUDA(cudaStreamSynchronize(stream), "search");
+  std::vector<int64_t> redo;
+  for (int64_t q = 0; q < nq; ++q) {
+    if (!host_ok[q]) redo.push_back(q);
+  }
+  if (fallbacks != nullptr) *fallbacks = static_cast<int64_t>(redo.size());
+  return SearchAgain(ctx, db, queries, k, redo, out_dist, out_ids);
+}
+
 // Exact search through TF32 tensor cores: the GEMM ranks k' >= 2k + 32 candidates, whose
 // distances are then computed exactly in float32. A query is exact when its k-th exact
 // distance is below the k'-th approximate one minus the largest TF32 error any row can
@@ -316,7 +363,7 @@ absl::Status FlatSearchTf32(Context& ctx, const FlatData& db, const float* queri
   if (auto s = temp.Alloc(nq, &ok); !s.ok()) return s;
   if (auto s = temp.Alloc(1, &max_norm); !s.ok()) return s;
   if (auto s = FlatTopK(ctx, db, queries, nq, kc, Metric::kL2, /*tf32=*/true, nullptr, nullptr,
-                        pair_k, pair_v);
+                        pair_k, pair_v, Budget(ctx));
       !s.ok()) {
     return s;
   }
@@ -330,32 +377,262 @@ absl::Status FlatSearchTf32(Context& ctx, const FlatData& db, const float* queri
   SV_CUDA(internal::Finalize(exact_k, exact_v, nq, kc, kc, k, /*inner_product=*/false, nullptr, 0,
                              db.ids, out_dist, out_ids, stream),
           "finalize");
-  std::vector<uint8_t> host_ok(nq);
-  SV_CUDA(cudaMemcpyAsync(host_ok.data(), ok, nq, cudaMemcpyDeviceToHost, stream), "copy flags");
-  SV_CUDA(cudaStreamSynchronize(stream), "re-rank");
-  std::vector<int64_t> redo;
-  for (int64_t q = 0; q < nq; ++q) {
-    if (!host_ok[q]) redo.push_back(q);
+  return SearchAgainWhereNotOk(ctx, db, queries, nq, k, ok, out_dist, out_ids, fallbacks);
+}
+
+// Exact search through TF32 tensor cores without a distance tile.
+//
+// Every (n/s)-th row forms a sample of s rows. The largest of a query's k smallest TF32
+// keys over the sample, each plus its row's error bound, bounds the query's k-th exact
+// float32 distance from above (k sample rows are that close). The GEMM over
+// all rows then keeps a row only when its own key is within that bound plus its own
+// error, which every row of the exact top k is; about k n / s rows a query pass, and are
+// re-ranked in float32. Errors: the query is rounded to TF32 and the row truncated, so a
+// product is off by at most 2^-9 of |x||q| once the float32 accumulation is added
+// (c1 = 2 eps on the key); the float32 sums behind ||x||^2, the key and the exact distance
+// add c2 (|x| + |q|)^2.
+//
+// A query whose list passes `cap` rows (often one just outside a dense region, whose
+// rows all fall within the TF32 margin of its bound) is filtered again with 8 times the
+// room; one still over, or whose sample has fewer than k live rows, is searched through a
+// TF32 distance tile (FlatSearchTf32).
+struct FilterPlan {
+  int64_t sample_rows;
+  int cap;
+  int64_t spare_stride;
+  int64_t qb;  // queries a pass takes at once
+  float c1;
+  float c2;
+  // 0: FilterGemm. Else cuBLAS's TF32 GEMM writes tiles of this many rows and FilterTile
+  // reads them: for long rows, where cuBLAS's GEMM is faster than FilterGemm's.
+  int64_t tile_rows;
+};
+
+// From this dimension on, cuBLAS's GEMM plus FilterTile beat FilterGemm. On an H100, per
+// 1024 queries x 1M rows: 4.09 against 2.49 + 1.86 ms at 256 dims, 11.76 against 5.01 +
+// 1.87 ms at 768.
+constexpr int kFilterTileMinDim = 320;
+// ... and from this batch on the filter beats the distance-tile path at such dimensions
+// (at 768: 0.78x its QPS at batch 256, 1.38x at 4096).
+constexpr int64_t kFilterTileMinBatch = 1024;
+
+// The filter for nq queries, thresholds from the k best TF32 keys over `sample`. Writes
+// out_dist / out_ids (complete where count[q] <= cap) and count.
+absl::Status FilterPass(Context& ctx, const FlatData& db, const FlatData& sample,
+                        const float* queries,
+                        int64_t nq, int k, const FilterPlan& p, float* out_dist,
+                        int64_t* out_ids, int32_t* count) {
+  cudaStream_t stream = StreamOf(ctx);
+  const int dim = db.dim;
+  const float* x = static_cast<const float*>(db.vectors);
+  const int64_t qb = std::min(p.qb, nq);
+  Temp temp(stream);
+  float *q_tf32 = nullptr, *qn = nullptr, *thr = nullptr;
+  uint32_t *sample_k = nullptr, *keys = nullptr, *spare_k = nullptr, *run_k = nullptr;
+  int64_t *sample_v = nullptr, *vals = nullptr, *spare_v = nullptr, *run_v = nullptr;
+  int32_t* cand = nullptr;
+  float *dots = nullptr, *cand_key = nullptr;
+  cublasHandle_t handle = static_cast<cublasHandle_t>(ctx.cublas());
+  if (auto st = temp.Alloc(qb * p.tile_rows, &dots); !st.ok()) return st;
+  if (auto st = temp.Alloc(qb * dim, &q_tf32); !st.ok()) return st;
+  if (auto st = temp.Alloc(qb, &qn); !st.ok()) return st;
+  if (auto st = temp.Alloc(qb, &thr); !st.ok()) return st;
+  if (auto st = temp.Alloc(qb * k, &sample_k); !st.ok()) return st;
+  if (auto st = temp.Alloc(qb * k, &sample_v); !st.ok()) return st;
+  if (auto st = temp.Alloc(qb * p.cap, &cand); !st.ok()) return st;
+  if (auto st = temp.Alloc(qb * p.cap, &cand_key); !st.ok()) return st;
+  if (auto st = temp.Alloc(qb * p.cap, &keys); !st.ok()) return st;
+  if (auto st = temp.Alloc(qb * p.cap, &vals); !st.ok()) return st;
+  if (auto st = temp.Alloc(qb * p.spare_stride, &spare_k); !st.ok()) return st;
+  if (auto st = temp.Alloc(qb * p.spare_stride, &spare_v); !st.ok()) return st;
+  if (auto st = temp.Alloc(qb * k, &run_k); !st.ok()) return st;
+  if (auto st = temp.Alloc(qb * k, &run_v); !st.ok()) return st;
+  for (int64_t q0 = 0; q0 < nq; q0 += qb) {
+    const int64_t nb = std::min(qb, nq - q0);
+    const float* qblock = queries + q0 * dim;
+    if (auto st = FlatTopK(ctx, sample, qblock, nb, k, Metric::kL2, /*tf32=*/true, nullptr,
+                           nullptr, sample_k, sample_v, Budget(ctx) / 2);
+        !st.ok()) {
+      return st;
+    }
+    SV_CUDA(internal::FilterPrep(qblock, nb, dim, sample_k, sample_v, sample.row_bias, k, p.c1,
+                                 p.c2, q_tf32, qn, thr, count + q0, stream),
+            "filter thresholds");
+    if (p.tile_rows == 0) {
+      SV_CUDA(internal::FilterGemm(x, db.row_bias, db.n, dim, q_tf32, nb, thr, qn, p.c1, p.c2,
+                                   cand, cand_key, p.cap, count + q0, stream),
+              "filter GEMM");
+    } else {
+      for (int64_t t0 = 0; t0 < db.n; t0 += p.tile_rows) {
+        const int64_t rows = std::min(p.tile_rows, db.n - t0);
+        const float one = 1.0f, zero = 0.0f;
+        cublasSetMathMode(handle, CUBLAS_TF32_TENSOR_OP_MATH);
+        const cublasStatus_t gs = cublasSgemm(
+            handle, CUBLAS_OP_T, CUBLAS_OP_N, static_cast<int>(rows), static_cast<int>(nb), dim,
+            &one, x + t0 * dim, dim, qblock, dim, &zero, dots, static_cast<int>(rows));
+        cublasSetMathMode(handle, CUBLAS_DEFAULT_MATH);
+        if (auto st = CublasStatus(gs, "GEMM"); !st.ok()) return st;
+        SV_CUDA(internal::FilterTile(dots, nb, rows, rows, t0, db.row_bias, thr, qn, p.c1, p.c2,
+                                     cand, cand_key, p.cap, count + q0, stream),
+                "filter tile");
+      }
+    }
+    SV_CUDA(internal::RerankCandidates(x, db.row_bias, dim, qblock, nb, cand, cand_key, p.cap,
+                                       count + q0, k, p.c1, p.c2, keys, vals, stream),
+            "re-rank");
+    if (auto st = ReduceToK(keys, vals, nb, p.cap, p.cap, k, spare_k, spare_v, run_k, run_v, k,
+                            stream);
+        !st.ok()) {
+      return st;
+    }
+    SV_CUDA(internal::Finalize(run_k, run_v, nb, k, k, k, /*inner_product=*/false, nullptr, 0,
+                               db.ids, out_dist + q0 * k, out_ids + q0 * k, stream),
+            "finalize");
   }
-  if (fallbacks != nullptr) *fallbacks = static_cast<int64_t>(redo.size());
-  if (redo.empty()) return absl::OkStatus();
-  const int64_t nr = static_cast<int64_t>(redo.size());
+  return absl::OkStatus();
+}
+
+// The plan for nq queries with lists of up to `cap` rows (0: the usual size).
+FilterPlan PlanFilter(const Context& ctx, const FlatData& db, int64_t nq, int k, int64_t cap) {
+  const int64_t n = db.n;
+  const int dim = db.dim;
+  FilterPlan p;
+  // Per query, the sample costs s rows (TF32 GEMM and select), the re-rank about k n / s
+  // rows gathered at random, r times a sample row: s = sqrt(r k n) balances them. r grows
+  // with the dimension (on an H100, 40 at 128 dims and 240 at 768).
+  const double r = std::max(32.0, 0.3125 * dim);
+  p.sample_rows = std::min(
+      n, std::max<int64_t>(8 * int64_t{k}, static_cast<int64_t>(std::sqrt(r * k * n))));
+  if (cap == 0) {
+    // At least 4096: one select round for the re-ranked list whenever k <= 2048.
+    const int64_t expected = CeilDiv(int64_t{k} * n, p.sample_rows);
+    cap = std::max<int64_t>(SegmentLength(k), CeilDiv(4 * expected + 2 * k + 256, 32) * 32);
+  }
+  p.cap = static_cast<int>(std::min<int64_t>(n, cap));
+  p.spare_stride = CeilDiv(p.cap, SegmentLength(k)) * k;
+  // Half the budget for a pass's buffers (a quarter for the tile, if any), half for the
+  // sample's search.
+  p.tile_rows = 0;
+  if (dim >= kFilterTileMinDim) {
+    // A multiple of 8192 (whole float4 groups), or all rows.
+    const int64_t rows = Budget(ctx) / 4 / (4 * std::min<int64_t>(nq, 4096));
+    p.tile_rows = std::min<int64_t>(n, std::max<int64_t>(1, rows / 8192) * 8192);
+  }
+  const int64_t per_query =
+      20 * int64_t{p.cap} + 12 * (p.spare_stride + 2 * k) + 4 * (dim + p.tile_rows) + 12;
+  p.qb = std::max<int64_t>(1, std::min<int64_t>(65535, Budget(ctx) / 2 / per_query));
+  const float eps = 1.25f * (std::ldexp(1.0f, -9) + dim * std::ldexp(1.0f, -22));
+  p.c1 = 2.0f * eps;
+  p.c2 = 1.25f * (2.0f * dim + 8.0f) * std::ldexp(1.0f, -24);
+  return p;
+}
+
+// Runs search(sub_queries, m, sub_dist, sub_ids) on the queries at `which` (ascending) and
+// scatters the results into out_dist / out_ids.
+template <typename Search>
+absl::Status OnSubset(Context& ctx, const float* queries, int dim, int k,
+                      const std::vector<int64_t>& which, float* out_dist, int64_t* out_ids,
+                      Search search) {
+  cudaStream_t stream = StreamOf(ctx);
+  const int64_t m = static_cast<int64_t>(which.size());
+  Temp temp(stream);
+  int64_t *rows = nullptr, *ri = nullptr;
   float *rq = nullptr, *rd = nullptr;
-  int64_t *ri = nullptr, *rows = nullptr;
-  if (auto s = temp.Alloc(nr * db.dim, &rq); !s.ok()) return s;
-  if (auto s = temp.Alloc(nr * k, &rd); !s.ok()) return s;
-  if (auto s = temp.Alloc(nr * k, &ri); !s.ok()) return s;
-  if (auto s = temp.Alloc(nr, &rows); !s.ok()) return s;
-  // From pageable memory the copy has read `redo` by the time it returns.
-  SV_CUDA(cudaMemcpyAsync(rows, redo.data(), sizeof(int64_t) * nr, cudaMemcpyHostToDevice, stream),
+  if (auto st = temp.Alloc(m, &rows); !st.ok()) return st;
+  if (auto st = temp.Alloc(m * dim, &rq); !st.ok()) return st;
+  if (auto st = temp.Alloc(m * k, &rd); !st.ok()) return st;
+  if (auto st = temp.Alloc(m * k, &ri); !st.ok()) return st;
+  SV_CUDA(cudaMemcpyAsync(rows, which.data(), sizeof(int64_t) * m, cudaMemcpyHostToDevice, stream),
           "copy rows");
-  SV_CUDA(internal::CopyRows(queries, rows, rq, nullptr, nr, db.dim, stream), "gather");
-  if (auto s = FlatTopK(ctx, db, rq, nr, k, Metric::kL2, /*tf32=*/false, rd, ri, nullptr, nullptr);
-      !s.ok()) {
-    return s;
+  SV_CUDA(internal::CopyRows(queries, rows, rq, nullptr, m, dim, stream), "gather");
+  if (auto st = search(rq, m, rd, ri); !st.ok()) return st;
+  SV_CUDA(internal::CopyRows(rd, nullptr, out_dist, rows, m, k, stream), "scatter");
+  SV_CUDA(internal::CopyRows(ri, nullptr, out_ids, rows, m, 2 * int64_t{k}, stream), "scatter");
+  return absl::OkStatus();
+}
+
+// The queries whose count passes the cap (count: device, nq).
+absl::Status OverCap(Context& ctx, const int32_t* count, int64_t nq, int cap,
+                     std::vector<int64_t>* over, int64_t* kept) {
+  cudaStream_t stream = StreamOf(ctx);
+  std::vector<int32_t> host(nq);
+  SV_CUDA(cudaMemcpyAsync(host.data(), count, sizeof(int32_t) * nq, cudaMemcpyDeviceToHost,
+                          stream),
+          "copy counts");
+  SV_CUDA(cudaStreamSynchronize(stream), "filter");
+  over->clear();
+  for (int64_t q = 0; q < nq; ++q) {
+    if (host[q] <= cap) {
+      if (kept != nullptr) *kept += host[q];
+    } else {
+      over->push_back(q);
+    }
   }
-  SV_CUDA(internal::CopyRows(rd, nullptr, out_dist, rows, nr, k, stream), "scatter");
-  SV_CUDA(internal::CopyRows(ri, nullptr, out_ids, rows, nr, 2 * int64_t{k}, stream), "scatter");
+  return absl::OkStatus();
+}
+
+absl::Status FlatSearchFiltered(Context& ctx, const FlatData& db, const float* queries,
+                                int64_t nq, int k, float* out_dist, int64_t* out_ids,
+                                int64_t* fallbacks) {
+  cudaStream_t stream = StreamOf(ctx);
+  const int dim = db.dim;
+  const FilterPlan p = PlanFilter(ctx, db, nq, k, 0);
+  const int64_t stride = db.n / p.sample_rows;
+  Temp temp(stream);
+  float *sx = nullptr, *sbias = nullptr;
+  int32_t* count = nullptr;
+  if (auto st = temp.Alloc(p.sample_rows * dim, &sx); !st.ok()) return st;
+  if (auto st = temp.Alloc(p.sample_rows, &sbias); !st.ok()) return st;
+  if (auto st = temp.Alloc(nq, &count); !st.ok()) return st;
+  SV_CUDA(internal::GatherStrided(static_cast<const float*>(db.vectors), db.row_bias, dim, stride,
+                                  p.sample_rows, sx, sbias, stream),
+          "sample");
+  const FlatData sample{sx, Storage::kFloat32, sbias, nullptr, p.sample_rows, dim};
+  if (auto st = FilterPass(ctx, db, sample, queries, nq, k, p, out_dist, out_ids, count);
+      !st.ok()) {
+    return st;
+  }
+  Context::FilterStats stats;
+  stats.queries = nq;
+  stats.sample_rows = p.sample_rows;
+  stats.cap = p.cap;
+  std::vector<int64_t> over;
+  if (auto st = OverCap(ctx, count, nq, p.cap, &over, &stats.candidates); !st.ok()) return st;
+  stats.over_cap = static_cast<int64_t>(over.size());
+  if (fallbacks != nullptr) *fallbacks = 0;
+  // Over the cap: once more with 8 times the room, then through a distance tile.
+  std::vector<int64_t> tiled;
+  if (!over.empty()) {
+    const FilterPlan wide = PlanFilter(ctx, db, stats.over_cap, k, 8 * int64_t{p.cap});
+    if (auto st = OnSubset(
+            ctx, queries, dim, k, over, out_dist, out_ids,
+            [&](const float* rq, int64_t m, float* rd, int64_t* ri) -> absl::Status {
+              Temp t(stream);
+              int32_t* rc = nullptr;
+              if (auto s = t.Alloc(m, &rc); !s.ok()) return s;
+              if (auto s = FilterPass(ctx, db, sample, rq, m, k, wide, rd, ri, rc); !s.ok()) {
+                return s;
+              }
+              std::vector<int64_t> still;
+              if (auto s = OverCap(ctx, rc, m, wide.cap, &still, nullptr); !s.ok()) return s;
+              for (int64_t i : still) tiled.push_back(over[i]);
+              return absl::OkStatus();
+            });
+        !st.ok()) {
+      return st;
+    }
+  }
+  stats.tiled = static_cast<int64_t>(tiled.size());
+  if (!tiled.empty()) {
+    if (auto st = OnSubset(ctx, queries, dim, k, tiled, out_dist, out_ids,
+                           [&](const float* rq, int64_t m, float* rd, int64_t* ri) {
+                             return FlatSearchTf32(ctx, db, rq, m, k, rd, ri, fallbacks);
+                           });
+        !st.ok()) {
+      return st;
+    }
+  }
+  ctx.set_filter_stats(stats);
   return absl::OkStatus();
 }
 
@@ -375,13 +652,22 @@ absl::Status FlatSearch(Context& ctx, const FlatData& db, const float* queries, 
     return absl::InvalidArgumentError("n: must be in [0, 2^31) rows per device");
   }
   if (fallbacks != nullptr) *fallbacks = 0;
+  ctx.set_filter_stats({});
   if (nq == 0) return absl::OkStatus();
   SV_CUDA(cudaSetDevice(ctx.device()), "cudaSetDevice");
   if (ctx.allow_tf32() && UsesTensorCores(db, nq, k, metric)) {
+    // With long rows the filter wins only on large batches: its fixed costs (a second
+    // pass for lists over the cap reads every row again) outweigh the tile it saves.
+    const bool filter =
+        internal::FilterGemmSupports(db.vectors, db.dim) &&
+        (ctx.filter_min_rows() == 0 ||
+         (db.n >= ctx.filter_min_rows() &&
+          (db.dim < kFilterTileMinDim || nq >= kFilterTileMinBatch)));
+    if (filter) return FlatSearchFiltered(ctx, db, queries, nq, k, out_dist, out_ids, fallbacks);
     return FlatSearchTf32(ctx, db, queries, nq, k, out_dist, out_ids, fallbacks);
   }
   return FlatTopK(ctx, db, queries, nq, k, metric, /*tf32=*/false, out_dist, out_ids, nullptr,
-                  nullptr);
+                  nullptr, Budget(ctx));
 }
 
 absl::Status IvfAssign(Context& ctx, const IvfData& ivf, const float* queries, int64_t nq,

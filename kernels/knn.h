@@ -13,7 +13,9 @@
 // FlatData::row_bias (+inf), IVF rows through an id of -1.
 //
 // How it works: distances come from cuBLAS GEMM (||x||^2 - 2<x,q> + ||q||^2 with stored
-// norms) or, for batches of at most 8 queries, from a kernel that reads each row once;
+// norms), from a TF32 tensor-core GEMM that filters candidates in its epilogue (large L2
+// batches, see FlatSearch) or, for batches of at most 8 queries, from a kernel that reads
+// each row once;
 // a block-wide radix select keeps the k best of each segment of a row, and further
 // rounds reduce the segments until k are left, which are sorted. k has no limit below
 // kMaxK: a larger k only means more rounds. The database is processed in tiles whose
@@ -67,6 +69,25 @@ class Context {
   bool allow_tf32() const { return allow_tf32_; }
   void set_allow_tf32(bool allow) { allow_tf32_ = allow; }
 
+  // Databases of at least this many rows take the TF32 path's candidate filter: the GEMM
+  // keeps only rows that can still be among a query's k best, and no distance tile is
+  // written (see FlatSearch); with 320 dimensions or more, only for batches of 1024 or
+  // more. 0: always (where the rows allow it); INT64_MAX: never.
+  int64_t filter_min_rows() const { return filter_min_rows_; }
+  void set_filter_min_rows(int64_t rows) { filter_min_rows_ = rows; }
+
+  // What the last FlatSearch's candidate filter did; all zero when it did not run.
+  struct FilterStats {
+    int64_t queries = 0;
+    int64_t sample_rows = 0;  // rows whose distances set the thresholds
+    int64_t cap = 0;          // candidates a query may keep
+    int64_t candidates = 0;   // kept, summed over the queries within the cap
+    int64_t over_cap = 0;     // queries filtered again with 8 times the room
+    int64_t tiled = 0;        // of those, still over: searched through a distance tile
+  };
+  const FilterStats& filter_stats() const { return filter_stats_; }
+  void set_filter_stats(const FilterStats& stats) { filter_stats_ = stats; }
+
  private:
   Context() = default;
   int device_ = 0;
@@ -74,6 +95,8 @@ class Context {
   void* cublas_ = nullptr;
   size_t scratch_budget_ = 0;
   bool allow_tf32_ = true;
+  int64_t filter_min_rows_ = int64_t{1} << 16;
+  FilterStats filter_stats_;
 };
 
 // A database of n rows on the device. The ranking key of row i for query q is
@@ -90,10 +113,16 @@ struct FlatData {
 };
 
 // Exact k-NN of nq queries (device float, nq x dim): out_dist / out_ids are nq x k.
-// Where UsesTensorCores() says so (and ctx.allow_tf32()), the GEMM runs in TF32 on the
-// tensor cores for 2k + 32 candidates that are re-ranked in float32, with a per-query
-// proof that no other row can enter the top k; queries without that proof are searched
-// again in float32 (*fallbacks counts them). That path synchronizes the stream.
+// Where UsesTensorCores() says so (and ctx.allow_tf32()), distances run in TF32 on the
+// tensor cores and candidates are re-ranked in float32, so results stay exact:
+//  - with at least ctx.filter_min_rows() rows (dim a multiple of 4), a sample of the rows
+//    gives each query a bound on its k-th distance, and the GEMM itself keeps only the
+//    rows within that bound plus the TF32 error, every row of the exact top k among them;
+//  - otherwise 2k + 32 candidates come from a TF32 distance tile, with a per-query proof
+//    that no other row can enter the top k.
+// A query whose filtered list passes its cap takes the distance tile instead; one whose
+// proof fails is searched again in float32 (*fallbacks counts those). Both paths
+// synchronize the stream.
 absl::Status FlatSearch(Context& ctx, const FlatData& db, const float* queries, int64_t nq, int k,
                         Metric metric, float* out_dist, int64_t* out_ids,
                         int64_t* fallbacks = nullptr);

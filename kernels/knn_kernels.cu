@@ -841,6 +841,434 @@ cudaError_t LaunchSmallBatchDots(const T* x, int dim, int64_t row0, int64_t rows
   return go(SmallBatchDotsKernel<8, T>, 8);
 }
 
+// ---- Candidate filter of the exact TF32 path (FlatSearch, large batches) ----
+//
+// A GEMM on the tensor cores (mma.sync m16n8k8 TF32) whose epilogue keeps, for each
+// query, only the rows whose approximate key could still be among the k best: key <=
+// thr[q] + c1 |x||q| + c2 (|x| + |q|)^2. knn.cc derives thr from a sample of the rows and
+// proves that no row of the exact top k is dropped; the survivors' row numbers are
+// appended to the query's candidate list, so the nq x n distance tile is never written.
+
+constexpr int kFilterBM = 128;      // queries of a block
+constexpr int kFilterBN = 128;      // rows of a block
+constexpr int kFilterBK = 32;       // dimensions a pipeline stage holds
+constexpr int kFilterStages = 3;
+constexpr int kFilterThreads = 256;  // 8 warps: 2 (queries) x 4 (rows), 64 x 32 each
+constexpr int kFilterPad = kFilterBK + 4;  // floats a shared row: conflict-free fragments
+constexpr size_t kFilterSmem =
+    sizeof(float) * kFilterStages * (kFilterBM + kFilterBN) * kFilterPad;
+
+__device__ __forceinline__ void CpAsync16(float* smem, const float* gmem, bool valid) {
+  const unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(smem));
+  // A source size of 0 fills the 16 bytes with zeros and reads nothing.
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(s), "l"(gmem),
+               "r"(valid ? 16 : 0));
+}
+
+__device__ __forceinline__ void CpAsyncCommit() { asm volatile("cp.async.commit_group;\n" ::); }
+
+template <int kPending>
+__device__ __forceinline__ void CpAsyncWait() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(kPending));
+}
+
+__device__ __forceinline__ void MmaTf32(float (&c)[4], const uint32_t (&a)[4],
+                                        const uint32_t (&b)[2]) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
+      "{%8,%9}, {%0,%1,%2,%3};\n"
+      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+}
+
+__device__ __forceinline__ float RoundToTf32(float v) {
+  uint32_t r;
+  asm("cvt.rna.tf32.f32 %0, %1;\n" : "=r"(r) : "f"(v));
+  return __uint_as_float(r);
+}
+
+// The bound on |approximate key - exact distance + |q|^2| for a row of norm xn.
+__device__ __forceinline__ float FilterMargin(float xn, float qn, float c1, float c2) {
+  const float s = xn + qn;
+  return c1 * xn * qn + c2 * s * s;
+}
+
+// One warp per query: the query rounded to TF32, its norm, and its threshold: the largest
+// key plus own margin of its k nearest sample rows.
+__global__ void FilterPrepKernel(const float* queries, int64_t nq, int dim,
+                                 const uint32_t* sample_keys, const int64_t* sample_rows,
+                                 const float* sample_bias, int k, float c1, float c2,
+                                 float* q_tf32, float* q_norm, float* thr, int32_t* count) {
+  const int lane = threadIdx.x & 31;
+  const int64_t q = blockIdx.x * static_cast<int64_t>(blockDim.x / 32) + (threadIdx.x >> 5);
+  if (q >= nq) return;
+  float sq = 0.0f;
+  for (int j = lane; j < dim; j += 32) {
+    const float v = queries[q * dim + j];
+    sq += v * v;
+    q_tf32[q * dim + j] = RoundToTf32(v);
+  }
+  const float qn = sqrtf(WarpSum(sq));
+  uint32_t kth = 0;
+  float bound = -INFINITY;
+  for (int j = lane; j < k; j += 32) {
+    const uint32_t key = sample_keys[q * k + j];
+    kth = max(kth, key);
+    if (key < kInfKey) {
+      const float xn = sqrtf(sample_bias[sample_rows[q * k + j]]);
+      bound = fmaxf(bound, KeyValue(key) + FilterMargin(xn, qn, c1, c2));
+    }
+  }
+#pragma unroll
+  for (int off = 16; off > 0; off >>= 1) {
+    kth = max(kth, __shfl_xor_sync(kFullMask, kth, off));
+    bound = fmaxf(bound, __shfl_xor_sync(kFullMask, bound, off));
+  }
+  if (lane == 0) {
+    q_norm[q] = qn;
+    const bool missing = kth >= kInfKey;  // fewer than k live sample rows
+    thr[q] = missing ? -INFINITY : bound;
+    count[q] = missing ? kNoThreshold : 0;
+  }
+}
+
+// A block takes one tile of kFilterBM queries and a run of row tiles of kFilterBN rows;
+// its copy pipeline runs on across row tiles, so with a short dim (4 steps at 128) the
+// pipeline does not drain and refill for each tile. Row r passes for query q where
+//   bias_r - 2 <x_r, q> <= thr_q + c1 |x_r||q| + c2 (|x_r| + |q|)^2,
+// evaluated as (1 - c2) bias_r - 2 dot - (c1 + 2 c2) |x_r| |q| <= thr_q + c2 |q|^2.
+__global__ void __launch_bounds__(kFilterThreads, 2)
+    FilterGemmKernel(const float* __restrict__ x, const float* __restrict__ bias, int64_t n,
+                     int dim, const float* __restrict__ q, int nq, int q_tiles,
+                     int64_t tiles_per_block, const float* __restrict__ thr,
+                     const float* __restrict__ q_norm, float c1, float c2,
+                     int32_t* __restrict__ cand, float* __restrict__ cand_key, int cap,
+                     int32_t* count) {
+  extern __shared__ __align__(16) float fsm[];
+  float* qs = fsm;
+  float* xs = fsm + kFilterStages * kFilterBM * kFilterPad;
+  // Query tiles vary fastest, so blocks running together share their rows in L2.
+  const int q0 = static_cast<int>(blockIdx.x % q_tiles) * kFilterBM;
+  const int64_t row_tiles = (n + kFilterBN - 1) / kFilterBN;
+  const int64_t tile_begin = static_cast<int64_t>(blockIdx.x / q_tiles) * tiles_per_block;
+  const int64_t tile_end = MinI64(row_tiles, tile_begin + tiles_per_block);
+  if (tile_begin >= tile_end) return;
+  const int tid = threadIdx.x;
+  const int lane = tid & 31;
+  const int warp = tid >> 5;
+  const int wm = warp >> 2;  // 64 queries
+  const int wn = warp & 3;   // 32 rows
+  const int g = lane >> 2;
+  const int t = lane & 3;
+  const int ktiles = (dim + kFilterBK - 1) / kFilterBK;
+  const int64_t steps = (tile_end - tile_begin) * ktiles;
+
+  // Each thread copies 16 bytes of rows lrow + 32 i (i < 4) of both tiles a stage.
+  static_assert(kFilterBM == 128 && kFilterBN == 128 && kFilterBK == 32, "copy layout");
+  const int lrow = tid >> 3;
+  const int lcol = (tid & 7) * 4;
+  const float* qsrc = q + static_cast<int64_t>(q0 + lrow) * dim + lcol;
+  const int64_t step32 = 32 * static_cast<int64_t>(dim);
+  unsigned q_live = 0;
+#pragma unroll
+  for (int i = 0; i < 4; ++i) q_live |= (q0 + lrow + 32 * i < nq ? 1u : 0u) << i;
+  int64_t load_tile = tile_begin;  // the next stage to load: row tile and dim step
+  int load_kt = 0;
+  auto load_next = [&](int stage) {
+    float* qd = qs + (stage * kFilterBM + lrow) * kFilterPad + lcol;
+    float* xd = xs + (stage * kFilterBN + lrow) * kFilterPad + lcol;
+    const int k0 = load_kt * kFilterBK;
+    const bool kin = k0 + lcol < dim;
+    const int64_t r = load_tile * kFilterBN + lrow;
+    const float* xsrc = x + r * dim + lcol + k0;
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      const bool qv = kin && (q_live >> i & 1u);
+      const bool xv = kin && r + 32 * i < n;
+      CpAsync16(qd + 32 * i * kFilterPad, qv ? qsrc + i * step32 + k0 : q, qv);
+      CpAsync16(xd + 32 * i * kFilterPad, xv ? xsrc + i * step32 : x, xv);
+    }
+    if (++load_kt == ktiles) {
+      load_kt = 0;
+      ++load_tile;
+    }
+  };
+
+  // This thread's 8 queries: wm*64 + mi*16 + g + 8h. Their right-hand sides and norms.
+  float rhs[4][2], qn[4][2];
+#pragma unroll
+  for (int mi = 0; mi < 4; ++mi) {
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const int qi = q0 + wm * 64 + mi * 16 + g + 8 * h;
+      const float norm = qi < nq ? __ldg(q_norm + qi) : 0.0f;
+      qn[mi][h] = norm;
+      rhs[mi][h] = qi < nq ? __ldg(thr + qi) + c2 * norm * norm : -INFINITY;
+    }
+  }
+  const float row_coef = c1 + 2.0f * c2;
+
+  float acc[4][4][4];
+#pragma unroll
+  for (int mi = 0; mi < 4; ++mi)
+#pragma unroll
+    for (int ni = 0; ni < 4; ++ni)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) acc[mi][ni][e] = 0.0f;
+
+#pragma unroll
+  for (int s = 0; s < kFilterStages - 1; ++s) {
+    if (s < steps) load_next(s);
+    CpAsyncCommit();
+  }
+  int kt = 0;
+  int64_t tile = tile_begin;
+  for (int64_t s = 0; s < steps; ++s) {
+    CpAsyncWait<kFilterStages - 2>();
+    // Stage s has landed for every thread, and every warp is done with stage s - 1,
+    // which the next load overwrites.
+    __syncthreads();
+    if (s + kFilterStages - 1 < steps) load_next(static_cast<int>((s + kFilterStages - 1) % kFilterStages));
+    CpAsyncCommit();
+    const int stage = static_cast<int>(s % kFilterStages);
+    const float* qa = qs + (stage * kFilterBM + wm * 64 + g) * kFilterPad + t;
+    const float* xb = xs + (stage * kFilterBN + wn * 32 + g) * kFilterPad + t;
+#pragma unroll
+    for (int ks = 0; ks < kFilterBK / 8; ++ks) {
+      uint32_t b[4][2];
+#pragma unroll
+      for (int ni = 0; ni < 4; ++ni) {
+        const float* p = xb + ni * 8 * kFilterPad + ks * 8;
+        b[ni][0] = __float_as_uint(p[0]);
+        b[ni][1] = __float_as_uint(p[4]);
+      }
+#pragma unroll
+      for (int mi = 0; mi < 4; ++mi) {
+        const float* p = qa + mi * 16 * kFilterPad + ks * 8;
+        const uint32_t a[4] = {__float_as_uint(p[0]), __float_as_uint(p[8 * kFilterPad]),
+                               __float_as_uint(p[4]), __float_as_uint(p[8 * kFilterPad + 4])};
+#pragma unroll
+        for (int ni = 0; ni < 4; ++ni) MmaTf32(acc[mi][ni], a, b[ni]);
+      }
+    }
+    if (++kt < ktiles) continue;
+    // Epilogue of this row tile: accumulator (mi, ni, e) is query wm*64 + mi*16 + g +
+    // 8*(e/2) against row wn*32 + ni*8 + 2t + e%2.
+    kt = 0;
+    const int64_t r0 = tile * kFilterBN + wn * 32 + 2 * t;
+    ++tile;
+    float u[4][2], v[4][2];
+#pragma unroll
+    for (int ni = 0; ni < 4; ++ni) {
+#pragma unroll
+      for (int e = 0; e < 2; ++e) {
+        const int64_t j = r0 + ni * 8 + e;
+        // Deleted rows and padding (bias +inf) fail: the left side is +inf or NaN.
+        const float bj = j < n ? __ldg(bias + j) : INFINITY;
+        u[ni][e] = (1.0f - c2) * bj;
+        v[ni][e] = row_coef * sqrtf(bj);
+      }
+    }
+#pragma unroll
+    for (int mi = 0; mi < 4; ++mi) {
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+#pragma unroll
+        for (int ni = 0; ni < 4; ++ni) {
+#pragma unroll
+          for (int e = 0; e < 2; ++e) {
+            float lhs = fmaf(-2.0f, acc[mi][ni][2 * h + e], u[ni][e]);
+            lhs = fmaf(-v[ni][e], qn[mi][h], lhs);
+            if (lhs <= rhs[mi][h]) {
+              const int qi = q0 + wm * 64 + mi * 16 + g + 8 * h;
+              // Once a list is known to overflow, stop counting: it is searched again.
+              if (*reinterpret_cast<volatile int32_t*>(count + qi) <= cap) {
+                const int32_t at = atomicAdd(count + qi, 1);
+                if (at < cap) {
+                  const int64_t j = r0 + ni * 8 + e;
+                  cand[static_cast<int64_t>(qi) * cap + at] = static_cast<int32_t>(j);
+                  cand_key[static_cast<int64_t>(qi) * cap + at] =
+                      fmaf(-2.0f, acc[mi][ni][2 * h + e], __ldg(bias + j));
+                }
+              }
+            }
+            acc[mi][ni][2 * h + e] = 0.0f;
+          }
+        }
+      }
+    }
+  }
+}
+
+// FilterGemm's test over a dot-product tile that cuBLAS wrote (nq x rows, leading
+// dimension ld, rows row0...): for long rows cuBLAS's TF32 GEMM is the faster part.
+// kVec: rows, ld and row0 are multiples of 4, and the tile and biases are read as float4.
+template <bool kVec>
+__global__ void FilterTileKernel(const float* tile, int64_t rows, int64_t ld, int64_t row0,
+                                 const float* bias, const float* thr, const float* q_norm,
+                                 float c1, float c2, int32_t* cand, float* cand_key, int cap,
+                                 int32_t* count) {
+  const int64_t q = blockIdx.y;
+  if (count[q] > cap) return;  // over the cap already, or no threshold
+  const float qn = q_norm[q];
+  const float rhs = thr[q] + c2 * qn * qn;
+  const float coef = c1 + 2.0f * c2;
+  const float* in = tile + q * ld;
+  constexpr int kWidth = kVec ? 4 : 1;
+  constexpr int kUnroll = kVec ? 2 : 4;
+  const int64_t groups = rows / kWidth;
+  const int64_t step = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  for (int64_t base = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; base < groups;
+       base += step * kUnroll) {
+    float dot[kUnroll][kWidth], bj[kUnroll][kWidth];
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) {
+      const int64_t g = base + u * step;
+      if constexpr (kVec) {
+        const float4 d4 = g < groups ? __ldcs(reinterpret_cast<const float4*>(in) + g)
+                                     : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+        const float4 b4 = g < groups ? __ldg(reinterpret_cast<const float4*>(bias + row0) + g)
+                                     : make_float4(INFINITY, INFINITY, INFINITY, INFINITY);
+        dot[u][0] = d4.x, dot[u][1] = d4.y, dot[u][2] = d4.z, dot[u][3] = d4.w;
+        bj[u][0] = b4.x, bj[u][1] = b4.y, bj[u][2] = b4.z, bj[u][3] = b4.w;
+      } else {
+        dot[u][0] = g < groups ? __ldcs(in + g) : 0.0f;
+        bj[u][0] = g < groups ? __ldg(bias + row0 + g) : INFINITY;
+      }
+    }
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) {
+#pragma unroll
+      for (int e = 0; e < kWidth; ++e) {
+        float lhs = fmaf(-2.0f, dot[u][e], (1.0f - c2) * bj[u][e]);
+        lhs = fmaf(-coef * sqrtf(bj[u][e]), qn, lhs);
+        if (lhs <= rhs && *reinterpret_cast<volatile int32_t*>(count + q) <= cap) {
+          const int32_t at = atomicAdd(count + q, 1);
+          if (at < cap) {
+            cand[q * cap + at] = static_cast<int32_t>(row0 + (base + u * step) * kWidth + e);
+            cand_key[q * cap + at] = fmaf(-2.0f, dot[u][e], bj[u][e]);
+          }
+        }
+      }
+    }
+  }
+}
+
+// Candidates a re-rank block first ranks by their TF32 keys (more: every one is computed).
+constexpr int kRerankRanked = 8192;
+
+// Exact distances for the candidates at positions list[0..n) (or 0..n when list is null):
+// keys[i] / vals[i] for position i, largest distance into *dmax (as bits: non-negative).
+__device__ void ExactCandidates(const float* x, int dim, const float* qv, const int32_t* rows,
+                                const int32_t* list, int n, uint32_t* keys, int64_t* vals,
+                                uint32_t* dmax) {
+  constexpr int kRows = 4;
+  const int lane = threadIdx.x & 31;
+  const int warp = threadIdx.x >> 5;
+  const int warps = blockDim.x >> 5;
+  for (int i0 = warp * kRows; i0 < n; i0 += warps * kRows) {
+    float acc[kRows];
+    int pos[kRows];
+#pragma unroll
+    for (int u = 0; u < kRows; ++u) {
+      pos[u] = i0 + u < n ? (list != nullptr ? list[i0 + u] : i0 + u) : -1;
+      acc[u] = pos[u] >= 0 ? LaneScore<float>(x + static_cast<int64_t>(rows[pos[u]]) * dim, qv,
+                                              dim, lane, false)
+                           : 0.0f;
+    }
+#pragma unroll
+    for (int u = 0; u < kRows; ++u) {
+      const float d = WarpSum(acc[u]);
+      if (lane == u && pos[u] >= 0) {
+        keys[pos[u]] = OrderKey(d);
+        vals[pos[u]] = rows[pos[u]];
+        atomicMax(dmax, __float_as_uint(fmaxf(d, 0.0f)));
+      }
+    }
+  }
+}
+
+// One block per query: exact float32 distances of the candidates that can still be among
+// the k best (of the first cap of an overflowed list), as nq x cap (key, row) pairs, the
+// others missing. Exact distances of the k best by TF32 key give D >= the k-th exact
+// distance; a candidate matters only if its key is within D - |q|^2 plus its margin.
+__global__ void RerankCandidatesKernel(const float* x, const float* bias, int dim,
+                                       const float* queries, const int32_t* cand,
+                                       const float* cand_key, int cap, const int32_t* count,
+                                       int k, float c1, float c2, uint32_t* out_keys,
+                                       int64_t* out_vals) {
+  extern __shared__ __align__(16) unsigned char rsm[];
+  float* qv = reinterpret_cast<float*>(rsm);
+  const int ranked = min(cap, kRerankRanked);
+  uint32_t* akeys = reinterpret_cast<uint32_t*>(rsm + Align16(sizeof(float) * dim));
+  int32_t* list = reinterpret_cast<int32_t*>(akeys + ranked);
+  __shared__ SelectState st;
+  __shared__ int n_list;
+  __shared__ uint32_t dmax;
+  __shared__ float q_sq;
+  const int64_t q = blockIdx.x;
+  const int c = count[q];
+  const int live = c >= kNoThreshold ? 0 : min(c, cap);
+  uint32_t* keys = out_keys + q * cap;
+  int64_t* vals = out_vals + q * cap;
+  for (int i = threadIdx.x; i < cap; i += blockDim.x) {
+    keys[i] = kMissingKey;
+    vals[i] = -1;
+  }
+  if (live == 0) return;
+  for (int i = threadIdx.x; i < dim; i += blockDim.x) qv[i] = queries[q * dim + i];
+  if (threadIdx.x == 0) {
+    n_list = 0;
+    dmax = 0;
+  }
+  __syncthreads();  // also orders the missing pairs before the exact ones
+  const int32_t* rows = cand + q * cap;
+  if (live <= k || live > ranked || cand_key == nullptr) {
+    ExactCandidates(x, dim, qv, rows, nullptr, live, keys, vals, &dmax);
+    return;
+  }
+  if (threadIdx.x < 32) {
+    float acc = 0.0f;
+    for (int j = threadIdx.x; j < dim; j += 32) acc += qv[j] * qv[j];
+    acc = WarpSum(acc);
+    if (threadIdx.x == 0) q_sq = acc;
+  }
+  for (int i = threadIdx.x; i < live; i += blockDim.x) akeys[i] = OrderKey(cand_key[q * cap + i]);
+  __syncthreads();
+  FindKth(akeys, live, k, st);
+  const uint32_t kth = st.kth;
+  for (int i = threadIdx.x; i < live; i += blockDim.x) {
+    if (akeys[i] <= kth) list[atomicAdd(&n_list, 1)] = i;
+  }
+  __syncthreads();
+  ExactCandidates(x, dim, qv, rows, list, n_list, keys, vals, &dmax);
+  __syncthreads();
+  const float d = __uint_as_float(dmax);
+  const float qs = q_sq;
+  const float rhs = d - qs + c2 * (d + qs);
+  const float qn = sqrtf(qs);
+  __syncthreads();
+  if (threadIdx.x == 0) n_list = 0;
+  __syncthreads();
+  for (int i = threadIdx.x; i < live; i += blockDim.x) {
+    if (akeys[i] > kth &&
+        KeyValue(akeys[i]) <= rhs + FilterMargin(sqrtf(__ldg(bias + rows[i])), qn, c1, c2)) {
+      list[atomicAdd(&n_list, 1)] = i;
+    }
+  }
+  __syncthreads();
+  ExactCandidates(x, dim, qv, rows, list, n_list, keys, vals, &dmax);
+}
+
+// Rows 0, stride, 2 stride, ... (s of them) and their biases, packed.
+__global__ void GatherStridedKernel(const float* x, const float* bias, int dim, int64_t stride,
+                                    int64_t s, float* out_x, float* out_bias) {
+  const int64_t r = blockIdx.x;
+  const float* from = x + r * stride * dim;
+  for (int j = threadIdx.x; j < dim; j += blockDim.x) out_x[r * dim + j] = from[j];
+  if (threadIdx.x == 0) out_bias[r] = bias[r * stride];
+}
+
 }  // namespace
 
 cudaError_t SmallBatchDots(const void* x, bool half, int dim, int64_t row0, int64_t rows,
@@ -1043,6 +1471,90 @@ cudaError_t CopyRows(const void* src, const int64_t* src_rows, void* dst, const 
   if (n == 0 || row_words == 0) return cudaSuccess;
   CopyRowsKernel<<<static_cast<unsigned>(n), 128, 0, stream>>>(
       static_cast<const uint32_t*>(src), src_rows, static_cast<uint32_t*>(dst), dst_rows, row_words);
+  return cudaGetLastError();
+}
+
+cudaError_t FilterPrep(const float* queries, int64_t nq, int dim, const uint32_t* sample_keys,
+                       const int64_t* sample_rows, const float* sample_bias, int k, float c1,
+                       float c2, float* q_tf32, float* q_norm, float* thr, int32_t* count,
+                       cudaStream_t stream) {
+  if (nq == 0) return cudaSuccess;
+  const int per_block = kThreads / 32;
+  FilterPrepKernel<<<static_cast<unsigned>((nq + per_block - 1) / per_block), kThreads, 0,
+                     stream>>>(queries, nq, dim, sample_keys, sample_rows, sample_bias, k, c1, c2,
+                               q_tf32, q_norm, thr, count);
+  return cudaGetLastError();
+}
+
+bool FilterGemmSupports(const void* x, int dim) {
+  return dim % 4 == 0 && reinterpret_cast<uintptr_t>(x) % 16 == 0;
+}
+
+cudaError_t FilterGemm(const float* x, const float* bias, int64_t n, int dim, const float* q_tf32,
+                       int64_t nq, const float* thr, const float* q_norm, float c1, float c2,
+                       int32_t* cand, float* cand_key, int cap, int32_t* count,
+                       cudaStream_t stream) {
+  if (nq == 0 || n == 0) return cudaSuccess;
+  cudaError_t e = AllowSmem(FilterGemmKernel, kFilterSmem);
+  if (e != cudaSuccess) return e;
+  int device = 0, sms = 0;
+  e = cudaGetDevice(&device);
+  if (e == cudaSuccess) e = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
+  if (e != cudaSuccess) return e;
+  // About 8 blocks per SM in all (4 waves of 2), each a run of row tiles.
+  const int q_tiles = static_cast<int>((nq + kFilterBM - 1) / kFilterBM);
+  const int64_t row_tiles = (n + kFilterBN - 1) / kFilterBN;
+  const int64_t runs = std::max<int64_t>(1, std::min<int64_t>(row_tiles, 8 * sms / q_tiles));
+  const int64_t per_block = (row_tiles + runs - 1) / runs;
+  const int64_t blocks = static_cast<int64_t>(q_tiles) * ((row_tiles + per_block - 1) / per_block);
+  if (blocks > 0x7fffffff) return cudaErrorInvalidValue;
+  FilterGemmKernel<<<static_cast<unsigned>(blocks), kFilterThreads, kFilterSmem, stream>>>(
+      x, bias, n, dim, q_tf32, static_cast<int>(nq), q_tiles, per_block, thr, q_norm, c1, c2,
+      cand, cand_key, cap, count);
+  return cudaGetLastError();
+}
+
+cudaError_t FilterTile(const float* tile, int64_t nq, int64_t rows, int64_t ld, int64_t row0,
+                       const float* bias, const float* thr, const float* q_norm, float c1,
+                       float c2, int32_t* cand, float* cand_key, int cap, int32_t* count,
+                       cudaStream_t stream) {
+  if (nq == 0 || rows == 0) return cudaSuccess;
+  if (nq > 65535) return cudaErrorInvalidValue;
+  const bool vec = rows % 4 == 0 && ld % 4 == 0 && row0 % 4 == 0 &&
+                   reinterpret_cast<uintptr_t>(tile) % 16 == 0 &&
+                   reinterpret_cast<uintptr_t>(bias) % 16 == 0;
+  const int64_t per_block = int64_t{kThreads} * 8;
+  const dim3 grid(static_cast<unsigned>(std::min<int64_t>((rows + per_block - 1) / per_block, 1024)),
+                  static_cast<unsigned>(nq));
+  if (vec) {
+    FilterTileKernel<true><<<grid, kThreads, 0, stream>>>(tile, rows, ld, row0, bias, thr, q_norm,
+                                                          c1, c2, cand, cand_key, cap, count);
+  } else {
+    FilterTileKernel<false><<<grid, kThreads, 0, stream>>>(tile, rows, ld, row0, bias, thr, q_norm,
+                                                           c1, c2, cand, cand_key, cap, count);
+  }
+  return cudaGetLastError();
+}
+
+cudaError_t RerankCandidates(const float* x, const float* bias, int dim, const float* queries,
+                             int64_t nq, const int32_t* cand, const float* cand_key, int cap,
+                             const int32_t* count, int k, float c1, float c2, uint32_t* out_keys,
+                             int64_t* out_vals, cudaStream_t stream) {
+  if (nq == 0) return cudaSuccess;
+  const size_t smem =
+      Align16(sizeof(float) * dim) + 8 * static_cast<size_t>(std::min(cap, kRerankRanked));
+  cudaError_t e = AllowSmem(RerankCandidatesKernel, smem);
+  if (e != cudaSuccess) return e;
+  RerankCandidatesKernel<<<static_cast<unsigned>(nq), kThreads, smem, stream>>>(
+      x, bias, dim, queries, cand, cand_key, cap, count, k, c1, c2, out_keys, out_vals);
+  return cudaGetLastError();
+}
+
+cudaError_t GatherStrided(const float* x, const float* bias, int dim, int64_t stride, int64_t s,
+                          float* out_x, float* out_bias, cudaStream_t stream) {
+  if (s == 0) return cudaSuccess;
+  GatherStridedKernel<<<static_cast<unsigned>(s), 128, 0, stream>>>(x, bias, dim, stride, s,
+                                                                     out_x, out_bias);
   return cudaGetLastError();
 }
 

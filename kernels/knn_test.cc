@@ -124,6 +124,8 @@ class KnnTest : public ::testing::Test {
     Storage storage = Storage::kFloat32;
     double deleted_fraction = 0.0;
     size_t budget = 0;  // 0: the default context
+    int64_t filter_min_rows = -1;  // Context::set_filter_min_rows; -1: the default
+    float offset = 0;   // added to every coordinate: larger norms, larger TF32 errors
   };
 
   // Returns how many queries the TF32 path searched again in float32.
@@ -140,6 +142,8 @@ class KnnTest : public ::testing::Test {
       }
     }
     std::vector<float> queries = RandomVectors(c.nq, c.dim, rng);
+    for (float& v : base) v += c.offset;
+    for (float& v : queries) v += c.offset;
     const bool cosine = c.metric == index::Metric::kCosine;
     if (cosine) {
       Normalize(&base, c.dim);
@@ -174,6 +178,7 @@ class KnnTest : public ::testing::Test {
       own = *Context::Create(0, c.budget);
       ctx = own.get();
     }
+    if (c.filter_min_rows >= 0) ctx->set_filter_min_rows(c.filter_min_rows);
     const Metric metric = c.metric == index::Metric::kL2 ? Metric::kL2 : Metric::kInnerProduct;
     DeviceBuffer<float> d_base_f;
     DeviceBuffer<__half> d_base_h;
@@ -282,11 +287,81 @@ TEST_F(KnnTest, Tf32PathIsExact) {
               static_cast<long long>(fallbacks), 4 * 3 * 200);
 }
 
+// The TF32 path's candidate filter (forced on for these sizes): every row of the exact
+// top k must pass it, whatever the dimension (including one that is not a multiple of
+// the GEMM's 32-wide steps), k, deletions, query count (several query tiles, a partial
+// last one) or norms (an offset makes the TF32 error large against the distance gaps).
+TEST_F(KnnTest, Tf32FilterIsExact) {
+  ctx_->set_filter_min_rows(0);
+  int64_t queries = 0, over_cap = 0;
+  auto run = [&](const FlatCase& c) {
+    RunFlat(c);
+    const Context::FilterStats& st = ctx_->filter_stats();
+    EXPECT_EQ(st.queries, c.nq) << "the filtered path did not run";
+    // Each query within the cap keeps at least its k exact neighbours.
+    EXPECT_GE(st.candidates, int64_t{c.k} * (st.queries - st.over_cap));
+    EXPECT_LE(st.candidates, st.cap * (st.queries - st.over_cap));
+    queries += st.queries;
+    over_cap += st.over_cap;
+    EXPECT_LE(st.tiled, st.over_cap);
+    std::printf("filter n=%lld dim=%d nq=%lld k=%d offset=%g: sample %lld, cap %lld, %.1f "
+                "candidates a query, %lld over the cap\n",
+                static_cast<long long>(c.n), c.dim, static_cast<long long>(c.nq), c.k, c.offset,
+                static_cast<long long>(st.sample_rows), static_cast<long long>(st.cap),
+                static_cast<double>(st.candidates) / std::max<int64_t>(1, st.queries - st.over_cap),
+                static_cast<long long>(st.over_cap));
+  };
+  for (int k : {1, 10, 100, 256}) {
+    for (int dim : {64, 100, 128}) run({50021, dim, 300, k, index::Metric::kL2});
+  }
+  // Long rows: cuBLAS writes a tile that the filter reads (float4 reads need rows % 4 == 0).
+  run({12007, 768, 130, 10, index::Metric::kL2});
+  run({12008, 384, 130, 100, index::Metric::kL2});
+  run({30011, 128, 200, 100, index::Metric::kL2, Storage::kFloat32, 0.3});  // deletions
+  run({50021, 128, 300, 10, index::Metric::kL2, Storage::kFloat32, 0, 0, -1, 0.5f});
+  run({50021, 128, 300, 10, index::Metric::kL2, Storage::kFloat32, 0, 0, -1, 2.0f});
+  // A filter that let every row through would overflow every list.
+  EXPECT_LT(over_cap, queries / 4);
+}
+
+// Small enough for compute-sanitizer: both filters (the GEMM's at 128 dims, the tile's at
+// 384), lists over the cap (near ties) and the distance tile after them.
+TEST_F(KnnTest, Tf32FilterSmallCases) {
+  ctx_->set_filter_min_rows(0);
+  RunFlat({9001, 128, 130, 10, index::Metric::kL2});
+  EXPECT_EQ(ctx_->filter_stats().queries, 130);
+  RunFlat({9004, 384, 70, 10, index::Metric::kL2});
+  EXPECT_EQ(ctx_->filter_stats().queries, 70);
+  RunFlat({9001, 128, 70, 10, index::Metric::kL2}, 1e-4);
+  EXPECT_EQ(ctx_->filter_stats().over_cap, 70);
+}
+
+// Several query blocks under the smallest budget, and rows the GEMM cannot read with
+// 16-byte copies (dim 66), which take the distance-tile path instead.
+TEST_F(KnnTest, Tf32FilterUnderASmallBudgetAndOddDims) {
+  RunFlat({100003, 128, 1500, 256, index::Metric::kL2, Storage::kFloat32, 0, size_t{64} << 20, 0});
+  RunFlat({20011, 66, 100, 10, index::Metric::kL2, Storage::kFloat32, 0, 0, 0});
+  EXPECT_EQ(ctx_->filter_stats().queries, 0);
+}
+
 // Rows that nearly tie defeat the TF32 error bound; those queries must fall back and
 // still come out exact.
 TEST_F(KnnTest, Tf32FallsBackOnNearTies) {
   const int64_t fallbacks = RunFlat({20011, 128, 100, 10, index::Metric::kL2}, 1e-4);
   EXPECT_GT(fallbacks, 0);
+  // With the filter on every row passes, so every list overflows: with room for all
+  // 20011 rows the second pass holds them.
+  EXPECT_EQ(RunFlat({20011, 128, 100, 10, index::Metric::kL2, Storage::kFloat32, 0, 0,
+                     /*filter=*/0},
+                    1e-4),
+            0);
+  EXPECT_EQ(ctx_->filter_stats().over_cap, 100);
+  EXPECT_EQ(ctx_->filter_stats().tiled, 0);
+  // 40009 rows pass 8 times the cap: the distance tile takes over, and its proof fails.
+  const int64_t filtered = RunFlat(
+      {40009, 128, 100, 10, index::Metric::kL2, Storage::kFloat32, 0, 0, /*filter=*/0}, 1e-4);
+  EXPECT_EQ(ctx_->filter_stats().tiled, 100);
+  EXPECT_GT(filtered, 0);
 }
 
 TEST_F(KnnTest, MergeTopKEqualsSortedReference) {

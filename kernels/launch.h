@@ -109,6 +109,47 @@ cudaError_t Iota(int64_t* out, int64_t n, cudaStream_t stream);
 cudaError_t CopyRows(const void* src, const int64_t* src_rows, void* dst, const int64_t* dst_rows,
                      int64_t n, int64_t row_words, cudaStream_t stream);
 
+// The candidate filter of FlatSearch's TF32 path (knn.cc, FlatSearchFiltered).
+// FilterPrep: per query, the TF32-rounded query, its norm, its threshold (from the k
+// smallest TF32 sample keys, sample_keys with the sample's rows sample_rows, nq x k in any
+// order, and the sample's RowBias sample_bias) and count[q] = 0. A query whose sample has
+// fewer than k live rows gets count[q] = kNoThreshold and no candidates.
+inline constexpr int32_t kNoThreshold = int32_t{1} << 30;
+cudaError_t FilterPrep(const float* queries, int64_t nq, int dim, const uint32_t* sample_keys,
+                       const int64_t* sample_rows, const float* sample_bias, int k, float c1,
+                       float c2, float* q_tf32, float* q_norm, float* thr, int32_t* count,
+                       cudaStream_t stream);
+
+// Whether FilterGemm can read these rows: dim a multiple of 4, rows 16-byte aligned.
+bool FilterGemmSupports(const void* x, int dim);
+
+// Appends to cand[q * cap ...] every row with key = bias - 2 <x, q> <= thr[q] + margin, and
+// its key to cand_key, counting them in count[q] (which may pass cap: the list
+// overflowed).
+cudaError_t FilterGemm(const float* x, const float* bias, int64_t n, int dim, const float* q_tf32,
+                       int64_t nq, const float* thr, const float* q_norm, float c1, float c2,
+                       int32_t* cand, float* cand_key, int cap, int32_t* count,
+                       cudaStream_t stream);
+
+// FilterGemm's test over a TF32 dot-product tile (nq x rows at leading dimension ld, of
+// rows row0...) written by cuBLAS; nq <= 65535.
+cudaError_t FilterTile(const float* tile, int64_t nq, int64_t rows, int64_t ld, int64_t row0,
+                       const float* bias, const float* thr, const float* q_norm, float c1,
+                       float c2, int32_t* cand, float* cand_key, int cap, int32_t* count,
+                       cudaStream_t stream);
+
+// Exact float32 distances of the candidates (the first cap of an overflowed list) that can
+// still be among the k best, given their keys (cand_key; null: of all of them), as nq x cap
+// (key, row) pairs, the others missing.
+cudaError_t RerankCandidates(const float* x, const float* bias, int dim, const float* queries,
+                             int64_t nq, const int32_t* cand, const float* cand_key, int cap,
+                             const int32_t* count, int k, float c1, float c2, uint32_t* out_keys,
+                             int64_t* out_vals, cudaStream_t stream);
+
+// Rows i * stride (i < s) and their biases, packed into out_x / out_bias.
+cudaError_t GatherStrided(const float* x, const float* bias, int dim, int64_t stride, int64_t s,
+                          float* out_x, float* out_bias, cudaStream_t stream);
+
 }  // namespace shardvec::kernels::internal
 
 #endif  // SHARDVEC_KERNELS_LAUNCH_H_
