@@ -5,8 +5,11 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <cstdint>
+#include <cstdio>
+#include <cstdlib>
 #include <limits>
 #include <vector>
 
@@ -413,8 +416,61 @@ struct FilterPlan {
 // 1.87 ms at 768.
 constexpr int kFilterTileMinDim = 320;
 // ... and from this batch on the filter beats the distance-tile path at such dimensions
-// (at 768: 0.78x its QPS at batch 256, 1.38x at 4096).
+// (at 768, k = 10: 0.78x its QPS at batch 256, 1.15x at 1024, 1.5x at 4096).
 constexpr int64_t kFilterTileMinBatch = 1024;
+
+// SHARDVEC_FILTER_TRACE=1: each step of the filter waits for the stream and prints its
+// time to stderr. For tuning runs only: the waits cost time themselves.
+class StepTimer {
+ public:
+  explicit StepTimer(cudaStream_t stream)
+      : stream_(stream), on_(std::getenv("SHARDVEC_FILTER_TRACE") != nullptr) {
+    Restart();
+  }
+  void Mark(const char* step) {
+    if (!on_) return;
+    cudaStreamSynchronize(stream_);
+    const auto now = std::chrono::steady_clock::now();
+    std::fprintf(stderr, "filter trace: %s %.3f ms\n", step,
+                 std::chrono::duration<double, std::milli>(now - start_).count());
+    start_ = now;
+  }
+  void Restart() {
+    if (!on_) return;
+    cudaStreamSynchronize(stream_);
+    start_ = std::chrono::steady_clock::now();
+  }
+
+ private:
+  cudaStream_t stream_;
+  bool on_;
+  std::chrono::steady_clock::time_point start_;
+};
+
+// A second stream and the events that pass two tiles between it and the context's stream.
+struct SideStream {
+  cudaStream_t stream = nullptr;
+  cudaEvent_t written[2] = {nullptr, nullptr};
+  cudaEvent_t filtered[2] = {nullptr, nullptr};
+  cudaEvent_t done = nullptr;
+
+  absl::Status Init() {
+    SV_CUDA(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking), "cudaStreamCreate");
+    for (cudaEvent_t* e : {&written[0], &written[1], &filtered[0], &filtered[1], &done}) {
+      SV_CUDA(cudaEventCreateWithFlags(e, cudaEventDisableTiming), "cudaEventCreate");
+    }
+    return absl::OkStatus();
+  }
+  // Waits for the side stream first: the tiles it reads are freed in the context's stream
+  // order, which (after an error) need not follow it.
+  ~SideStream() {
+    if (stream != nullptr) cudaStreamSynchronize(stream);
+    for (cudaEvent_t e : {written[0], written[1], filtered[0], filtered[1], done}) {
+      if (e != nullptr) cudaEventDestroy(e);
+    }
+    if (stream != nullptr) cudaStreamDestroy(stream);
+  }
+};
 
 // The filter for nq queries, thresholds from the k best TF32 keys over `sample`. Writes
 // out_dist / out_ids (complete where count[q] <= cap) and count.
@@ -431,9 +487,16 @@ absl::Status FilterPass(Context& ctx, const FlatData& db, const FlatData& sample
   uint32_t *sample_k = nullptr, *keys = nullptr, *spare_k = nullptr, *run_k = nullptr;
   int64_t *sample_v = nullptr, *vals = nullptr, *spare_v = nullptr, *run_v = nullptr;
   int32_t* cand = nullptr;
-  float *dots = nullptr, *cand_key = nullptr;
+  float* cand_key = nullptr;
+  float* dots[2] = {nullptr, nullptr};
   cublasHandle_t handle = static_cast<cublasHandle_t>(ctx.cublas());
-  if (auto st = temp.Alloc(qb * p.tile_rows, &dots); !st.ok()) return st;
+  SideStream side;
+  if (p.tile_rows > 0) {
+    if (auto st = side.Init(); !st.ok()) return st;
+    for (float*& d : dots) {
+      if (auto st = temp.Alloc(qb * p.tile_rows, &d); !st.ok()) return st;
+    }
+  }
   if (auto st = temp.Alloc(qb * dim, &q_tf32); !st.ok()) return st;
   if (auto st = temp.Alloc(qb, &qn); !st.ok()) return st;
   if (auto st = temp.Alloc(qb, &thr); !st.ok()) return st;
@@ -447,6 +510,7 @@ absl::Status FilterPass(Context& ctx, const FlatData& db, const FlatData& sample
   if (auto st = temp.Alloc(qb * p.spare_stride, &spare_v); !st.ok()) return st;
   if (auto st = temp.Alloc(qb * k, &run_k); !st.ok()) return st;
   if (auto st = temp.Alloc(qb * k, &run_v); !st.ok()) return st;
+  StepTimer timer(stream);
   for (int64_t q0 = 0; q0 < nq; q0 += qb) {
     const int64_t nb = std::min(qb, nq - q0);
     const float* qblock = queries + q0 * dim;
@@ -458,28 +522,41 @@ absl::Status FilterPass(Context& ctx, const FlatData& db, const FlatData& sample
     SV_CUDA(internal::FilterPrep(qblock, nb, dim, sample_k, sample_v, sample.row_bias, k, p.c1,
                                  p.c2, q_tf32, qn, thr, count + q0, stream),
             "filter thresholds");
+    timer.Mark("sample and thresholds");
     if (p.tile_rows == 0) {
       SV_CUDA(internal::FilterGemm(x, db.row_bias, db.n, dim, q_tf32, nb, thr, qn, p.c1, p.c2,
                                    cand, cand_key, p.cap, count + q0, stream),
               "filter GEMM");
     } else {
-      for (int64_t t0 = 0; t0 < db.n; t0 += p.tile_rows) {
+      // GEMM into one tile while the side stream filters the other: the GEMM is bound by
+      // the tensor cores, the filter by memory, and they share the SMs.
+      int i = 0;
+      for (int64_t t0 = 0; t0 < db.n; t0 += p.tile_rows, ++i) {
+        const int b = i % 2;
         const int64_t rows = std::min(p.tile_rows, db.n - t0);
+        if (i >= 2) SV_CUDA(cudaStreamWaitEvent(stream, side.filtered[b], 0), "wait");
         const float one = 1.0f, zero = 0.0f;
         cublasSetMathMode(handle, CUBLAS_TF32_TENSOR_OP_MATH);
         const cublasStatus_t gs = cublasSgemm(
             handle, CUBLAS_OP_T, CUBLAS_OP_N, static_cast<int>(rows), static_cast<int>(nb), dim,
-            &one, x + t0 * dim, dim, qblock, dim, &zero, dots, static_cast<int>(rows));
+            &one, x + t0 * dim, dim, qblock, dim, &zero, dots[b], static_cast<int>(rows));
         cublasSetMathMode(handle, CUBLAS_DEFAULT_MATH);
         if (auto st = CublasStatus(gs, "GEMM"); !st.ok()) return st;
-        SV_CUDA(internal::FilterTile(dots, nb, rows, rows, t0, db.row_bias, thr, qn, p.c1, p.c2,
-                                     cand, cand_key, p.cap, count + q0, stream),
+        SV_CUDA(cudaEventRecord(side.written[b], stream), "record");
+        SV_CUDA(cudaStreamWaitEvent(side.stream, side.written[b], 0), "wait");
+        SV_CUDA(internal::FilterTile(dots[b], nb, rows, rows, t0, db.row_bias, thr, qn, p.c1,
+                                     p.c2, cand, cand_key, p.cap, count + q0, side.stream),
                 "filter tile");
+        SV_CUDA(cudaEventRecord(side.filtered[b], side.stream), "record");
       }
+      SV_CUDA(cudaEventRecord(side.done, side.stream), "record");
+      SV_CUDA(cudaStreamWaitEvent(stream, side.done, 0), "wait");
     }
+    timer.Mark("filtering GEMM");
     SV_CUDA(internal::RerankCandidates(x, db.row_bias, dim, qblock, nb, cand, cand_key, p.cap,
                                        count + q0, k, p.c1, p.c2, keys, vals, stream),
             "re-rank");
+    timer.Mark("re-rank");
     if (auto st = ReduceToK(keys, vals, nb, p.cap, p.cap, k, spare_k, spare_v, run_k, run_v, k,
                             stream);
         !st.ok()) {
@@ -488,6 +565,7 @@ absl::Status FilterPass(Context& ctx, const FlatData& db, const FlatData& sample
     SV_CUDA(internal::Finalize(run_k, run_v, nb, k, k, k, /*inner_product=*/false, nullptr, 0,
                                db.ids, out_dist + q0 * k, out_ids + q0 * k, stream),
             "finalize");
+    timer.Mark("select and sort");
   }
   return absl::OkStatus();
 }
@@ -497,29 +575,30 @@ FilterPlan PlanFilter(const Context& ctx, const FlatData& db, int64_t nq, int k,
   const int64_t n = db.n;
   const int dim = db.dim;
   FilterPlan p;
-  // Per query, the sample costs s rows (TF32 GEMM and select), the re-rank about k n / s
-  // rows gathered at random, r times a sample row: s = sqrt(r k n) balances them. r grows
-  // with the dimension (on an H100, 40 at 128 dims and 240 at 768).
-  const double r = std::max(32.0, 0.3125 * dim);
+  // Per query, the sample costs s rows (TF32 GEMM and select); the filter keeps about
+  // k n / s rows, each an atomic append and a slot in the re-rank's select, r times a
+  // sample row: s = sqrt(r k n) balances them (r = 40 measured best on an H100 at 128
+  // and 768 dims, once the re-rank computed only the candidates that matter).
+  const double r = 40.0;
   p.sample_rows = std::min(
       n, std::max<int64_t>(8 * int64_t{k}, static_cast<int64_t>(std::sqrt(r * k * n))));
   if (cap == 0) {
     // At least 4096: one select round for the re-ranked list whenever k <= 2048.
     const int64_t expected = CeilDiv(int64_t{k} * n, p.sample_rows);
-    cap = std::max<int64_t>(SegmentLength(k), CeilDiv(4 * expected + 2 * k + 256, 32) * 32);
+    cap = std::max<int64_t>(SegmentLength(k), CeilDiv(6 * expected + 2 * k + 256, 32) * 32);
   }
   p.cap = static_cast<int>(std::min<int64_t>(n, cap));
   p.spare_stride = CeilDiv(p.cap, SegmentLength(k)) * k;
-  // Half the budget for a pass's buffers (a quarter for the tile, if any), half for the
-  // sample's search.
+  // Half the budget for a pass's buffers (a quarter for the two tiles, if any), half for
+  // the sample's search.
   p.tile_rows = 0;
   if (dim >= kFilterTileMinDim) {
     // A multiple of 8192 (whole float4 groups), or all rows.
-    const int64_t rows = Budget(ctx) / 4 / (4 * std::min<int64_t>(nq, 4096));
+    const int64_t rows = Budget(ctx) / 8 / (4 * std::min<int64_t>(nq, 4096));
     p.tile_rows = std::min<int64_t>(n, std::max<int64_t>(1, rows / 8192) * 8192);
   }
   const int64_t per_query =
-      20 * int64_t{p.cap} + 12 * (p.spare_stride + 2 * k) + 4 * (dim + p.tile_rows) + 12;
+      20 * int64_t{p.cap} + 12 * (p.spare_stride + 2 * k) + 4 * (dim + 2 * p.tile_rows) + 12;
   p.qb = std::max<int64_t>(1, std::min<int64_t>(65535, Budget(ctx) / 2 / per_query));
   const float eps = 1.25f * (std::ldexp(1.0f, -9) + dim * std::ldexp(1.0f, -22));
   p.c1 = 2.0f * eps;
@@ -598,6 +677,7 @@ absl::Status FlatSearchFiltered(Context& ctx, const FlatData& db, const float* q
   stats.cap = p.cap;
   std::vector<int64_t> over;
   if (auto st = OverCap(ctx, count, nq, p.cap, &over, &stats.candidates); !st.ok()) return st;
+  StepTimer timer(stream);
   stats.over_cap = static_cast<int64_t>(over.size());
   if (fallbacks != nullptr) *fallbacks = 0;
   // Over the cap: once more with 8 times the room, then through a distance tile.
@@ -623,6 +703,7 @@ absl::Status FlatSearchFiltered(Context& ctx, const FlatData& db, const float* q
     }
   }
   stats.tiled = static_cast<int64_t>(tiled.size());
+  timer.Mark("lists over the cap, again");
   if (!tiled.empty()) {
     if (auto st = OnSubset(ctx, queries, dim, k, tiled, out_dist, out_ids,
                            [&](const float* rq, int64_t m, float* rd, int64_t* ri) {
@@ -632,6 +713,7 @@ absl::Status FlatSearchFiltered(Context& ctx, const FlatData& db, const float* q
       return st;
     }
   }
+  timer.Mark("through the tile");
   ctx.set_filter_stats(stats);
   return absl::OkStatus();
 }

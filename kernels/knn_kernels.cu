@@ -1154,34 +1154,28 @@ __global__ void FilterTileKernel(const float* tile, int64_t rows, int64_t ld, in
   }
 }
 
-// Candidates a re-rank block first ranks by their TF32 keys (more: every one is computed).
-constexpr int kRerankRanked = 8192;
-
-// Exact distances for the candidates at positions list[0..n) (or 0..n when list is null):
-// keys[i] / vals[i] for position i, largest distance into *dmax (as bits: non-negative).
-__device__ void ExactCandidates(const float* x, int dim, const float* qv, const int32_t* rows,
-                                const int32_t* list, int n, uint32_t* keys, int64_t* vals,
-                                uint32_t* dmax) {
-  constexpr int kRows = 4;
+// Exact distance of every candidate position i in [0, n) for which test(i) holds, one warp
+// per row: lanes test 32 positions, then the warp scores each passing row together.
+// keys[i] / vals[i] get the result; the largest distance goes into *dmax (as bits:
+// non-negative). Every thread of the block calls it.
+template <typename Test>
+__device__ void ExactWhere(const float* x, int dim, const float* qv, const int32_t* rows, int n,
+                           Test test, uint32_t* keys, int64_t* vals, uint32_t* dmax) {
   const int lane = threadIdx.x & 31;
   const int warp = threadIdx.x >> 5;
   const int warps = blockDim.x >> 5;
-  for (int i0 = warp * kRows; i0 < n; i0 += warps * kRows) {
-    float acc[kRows];
-    int pos[kRows];
-#pragma unroll
-    for (int u = 0; u < kRows; ++u) {
-      pos[u] = i0 + u < n ? (list != nullptr ? list[i0 + u] : i0 + u) : -1;
-      acc[u] = pos[u] >= 0 ? LaneScore<float>(x + static_cast<int64_t>(rows[pos[u]]) * dim, qv,
-                                              dim, lane, false)
-                           : 0.0f;
-    }
-#pragma unroll
-    for (int u = 0; u < kRows; ++u) {
-      const float d = WarpSum(acc[u]);
-      if (lane == u && pos[u] >= 0) {
-        keys[pos[u]] = OrderKey(d);
-        vals[pos[u]] = rows[pos[u]];
+  for (int base = warp * 32; base < n; base += warps * 32) {
+    const int i = base + lane;
+    unsigned todo = __ballot_sync(kFullMask, i < n && test(i));
+    while (todo != 0) {
+      const int j = base + __ffs(todo) - 1;
+      todo &= todo - 1;
+      const int32_t row = rows[j];
+      const float d =
+          WarpSum(LaneScore<float>(x + static_cast<int64_t>(row) * dim, qv, dim, lane, false));
+      if (lane == 0) {
+        keys[j] = OrderKey(d);
+        vals[j] = row;
         atomicMax(dmax, __float_as_uint(fmaxf(d, 0.0f)));
       }
     }
@@ -1197,13 +1191,8 @@ __global__ void RerankCandidatesKernel(const float* x, const float* bias, int di
                                        const float* cand_key, int cap, const int32_t* count,
                                        int k, float c1, float c2, uint32_t* out_keys,
                                        int64_t* out_vals) {
-  extern __shared__ __align__(16) unsigned char rsm[];
-  float* qv = reinterpret_cast<float*>(rsm);
-  const int ranked = min(cap, kRerankRanked);
-  uint32_t* akeys = reinterpret_cast<uint32_t*>(rsm + Align16(sizeof(float) * dim));
-  int32_t* list = reinterpret_cast<int32_t*>(akeys + ranked);
+  extern __shared__ __align__(16) float qv[];
   __shared__ SelectState st;
-  __shared__ int n_list;
   __shared__ uint32_t dmax;
   __shared__ float q_sq;
   const int64_t q = blockIdx.x;
@@ -1217,14 +1206,11 @@ __global__ void RerankCandidatesKernel(const float* x, const float* bias, int di
   }
   if (live == 0) return;
   for (int i = threadIdx.x; i < dim; i += blockDim.x) qv[i] = queries[q * dim + i];
-  if (threadIdx.x == 0) {
-    n_list = 0;
-    dmax = 0;
-  }
+  if (threadIdx.x == 0) dmax = 0;
   __syncthreads();  // also orders the missing pairs before the exact ones
   const int32_t* rows = cand + q * cap;
-  if (live <= k || live > ranked || cand_key == nullptr) {
-    ExactCandidates(x, dim, qv, rows, nullptr, live, keys, vals, &dmax);
+  if (live <= k) {
+    ExactWhere(x, dim, qv, rows, live, [](int) { return true; }, keys, vals, &dmax);
     return;
   }
   if (threadIdx.x < 32) {
@@ -1233,31 +1219,30 @@ __global__ void RerankCandidatesKernel(const float* x, const float* bias, int di
     acc = WarpSum(acc);
     if (threadIdx.x == 0) q_sq = acc;
   }
-  for (int i = threadIdx.x; i < live; i += blockDim.x) akeys[i] = OrderKey(cand_key[q * cap + i]);
-  __syncthreads();
-  FindKth(akeys, live, k, st);
+  const float* ck = cand_key + q * cap;
+  // The k-th smallest TF32 key, by a radix select over the keys in global memory.
+  FindKthBy(k, st, [&](auto visit) {
+    for (int base = 0; base < live; base += blockDim.x) {
+      const int i = base + threadIdx.x;
+      visit(i < live ? OrderKey(ck[i]) : kMissingKey, i < live);
+    }
+  });
   const uint32_t kth = st.kth;
-  for (int i = threadIdx.x; i < live; i += blockDim.x) {
-    if (akeys[i] <= kth) list[atomicAdd(&n_list, 1)] = i;
-  }
-  __syncthreads();
-  ExactCandidates(x, dim, qv, rows, list, n_list, keys, vals, &dmax);
+  ExactWhere(x, dim, qv, rows, live, [&](int i) { return OrderKey(ck[i]) <= kth; }, keys, vals,
+             &dmax);
   __syncthreads();
   const float d = __uint_as_float(dmax);
   const float qs = q_sq;
   const float rhs = d - qs + c2 * (d + qs);
   const float qn = sqrtf(qs);
-  __syncthreads();
-  if (threadIdx.x == 0) n_list = 0;
-  __syncthreads();
-  for (int i = threadIdx.x; i < live; i += blockDim.x) {
-    if (akeys[i] > kth &&
-        KeyValue(akeys[i]) <= rhs + FilterMargin(sqrtf(__ldg(bias + rows[i])), qn, c1, c2)) {
-      list[atomicAdd(&n_list, 1)] = i;
-    }
-  }
-  __syncthreads();
-  ExactCandidates(x, dim, qv, rows, list, n_list, keys, vals, &dmax);
+  ExactWhere(
+      x, dim, qv, rows, live,
+      [&](int i) {
+        const float key = ck[i];
+        return OrderKey(key) > kth &&
+               key <= rhs + FilterMargin(sqrtf(__ldg(bias + rows[i])), qn, c1, c2);
+      },
+      keys, vals, &dmax);
 }
 
 // Rows 0, stride, 2 stride, ... (s of them) and their biases, packed.
@@ -1541,8 +1526,7 @@ cudaError_t RerankCandidates(const float* x, const float* bias, int dim, const f
                              const int32_t* count, int k, float c1, float c2, uint32_t* out_keys,
                              int64_t* out_vals, cudaStream_t stream) {
   if (nq == 0) return cudaSuccess;
-  const size_t smem =
-      Align16(sizeof(float) * dim) + 8 * static_cast<size_t>(std::min(cap, kRerankRanked));
+  const size_t smem = sizeof(float) * dim;
   cudaError_t e = AllowSmem(RerankCandidatesKernel, smem);
   if (e != cudaSuccess) return e;
   RerankCandidatesKernel<<<static_cast<unsigned>(nq), kThreads, smem, stream>>>(
