@@ -1,5 +1,6 @@
 // Device code for knn.h: distance kernels, the block radix select, the bitonic sort
-// of the final k, and the IVF list scan. Launchers are declared in launch.h.
+// of the final k, the TF32 candidate filter and its re-rank, and the IVF list scan.
+// Launchers are declared in launch.h.
 #include <cub/device/device_radix_sort.cuh>
 #include <cuda_fp16.h>
 

@@ -114,8 +114,15 @@ absl::StatusOr<std::unique_ptr<RecordStore>> RecordStore::Open(const std::string
   cf.compression = rocksdb::kNoCompression;
   cf.write_buffer_size = 64 << 20;
   cf.max_write_buffer_number = 4;
+  // Record values (a vector each) go to blob files when a memtable flushes, so
+  // compactions move keys and blob references instead of rewriting every vector.
+  rocksdb::ColumnFamilyOptions records_cf = cf;
+  records_cf.enable_blob_files = true;
+  records_cf.min_blob_size = 256;
+  records_cf.blob_file_size = 256 << 20;
+  records_cf.enable_blob_garbage_collection = true;
   std::vector<rocksdb::ColumnFamilyDescriptor> families = {
-      {rocksdb::kDefaultColumnFamilyName, cf}, {"records", cf}, {"changes", cf}};
+      {rocksdb::kDefaultColumnFamilyName, cf}, {"records", records_cf}, {"changes", cf}};
   std::vector<rocksdb::ColumnFamilyHandle*> handles;
   rocksdb::DB* db = nullptr;
   rocksdb::Status s = rocksdb::DB::Open(options, dir, families, &handles, &db);
