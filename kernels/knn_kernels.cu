@@ -1029,7 +1029,9 @@ __global__ void __launch_bounds__(kFilterThreads, 2)
     // Stage s has landed for every thread, and every warp is done with stage s - 1,
     // which the next load overwrites.
     __syncthreads();
-    if (s + kFilterStages - 1 < steps) load_next(static_cast<int>((s + kFilterStages - 1) % kFilterStages));
+    if (s + kFilterStages - 1 < steps) {
+      load_next(static_cast<int>((s + kFilterStages - 1) % kFilterStages));
+    }
     CpAsyncCommit();
     const int stage = static_cast<int>(s % kFilterStages);
     const float* qa = qs + (stage * kFilterBM + wm * 64 + g) * kFilterPad + t;
@@ -1510,8 +1512,8 @@ cudaError_t FilterTile(const float* tile, int64_t nq, int64_t rows, int64_t ld, 
                    reinterpret_cast<uintptr_t>(tile) % 16 == 0 &&
                    reinterpret_cast<uintptr_t>(bias) % 16 == 0;
   const int64_t per_block = int64_t{kThreads} * 8;
-  const dim3 grid(static_cast<unsigned>(std::min<int64_t>((rows + per_block - 1) / per_block, 1024)),
-                  static_cast<unsigned>(nq));
+  const int64_t chunks = std::min<int64_t>((rows + per_block - 1) / per_block, 1024);
+  const dim3 grid(static_cast<unsigned>(chunks), static_cast<unsigned>(nq));
   if (vec) {
     FilterTileKernel<true><<<grid, kThreads, 0, stream>>>(tile, rows, ld, row0, bias, thr, q_norm,
                                                           c1, c2, cand, cand_key, cap, count);
