@@ -299,32 +299,41 @@ absl::Status FlatTopK(Context& ctx, const FlatData& db, const float* queries, in
   return absl::OkStatus();
 }
 
+// Runs search(sub_queries, m, sub_dist, sub_ids) on the queries at `which` (ascending) and
+// scatters the results into out_dist / out_ids.
+template <typename Search>
+absl::Status OnSubset(Context& ctx, const float* queries, int dim, int k,
+                      const std::vector<int64_t>& which, float* out_dist, int64_t* out_ids,
+                      Search search) {
+  cudaStream_t stream = StreamOf(ctx);
+  const int64_t m = static_cast<int64_t>(which.size());
+  Temp temp(stream);
+  int64_t *rows = nullptr, *ri = nullptr;
+  float *rq = nullptr, *rd = nullptr;
+  if (auto st = temp.Alloc(m, &rows); !st.ok()) return st;
+  if (auto st = temp.Alloc(m * dim, &rq); !st.ok()) return st;
+  if (auto st = temp.Alloc(m * k, &rd); !st.ok()) return st;
+  if (auto st = temp.Alloc(m * k, &ri); !st.ok()) return st;
+  // From pageable memory the copy has read `which` by the time it returns.
+  SV_CUDA(cudaMemcpyAsync(rows, which.data(), sizeof(int64_t) * m, cudaMemcpyHostToDevice, stream),
+          "copy rows");
+  SV_CUDA(internal::CopyRows(queries, rows, rq, nullptr, m, dim, stream), "gather");
+  if (auto st = search(rq, m, rd, ri); !st.ok()) return st;
+  SV_CUDA(internal::CopyRows(rd, nullptr, out_dist, rows, m, k, stream), "scatter");
+  SV_CUDA(internal::CopyRows(ri, nullptr, out_ids, rows, m, 2 * int64_t{k}, stream), "scatter");
+  return absl::OkStatus();
+}
+
 // The queries at `redo` (ascending) are searched again in float32 and their rows of
 // out_dist / out_ids overwritten.
 absl::Status SearchAgain(Context& ctx, const FlatData& db, const float* queries, int k,
                          const std::vector<int64_t>& redo, float* out_dist, int64_t* out_ids) {
   if (redo.empty()) return absl::OkStatus();
-  cudaStream_t stream = StreamOf(ctx);
-  Temp temp(stream);
-  const int64_t nr = static_cast<int64_t>(redo.size());
-  float *rq = nullptr, *rd = nullptr;
-  int64_t *ri = nullptr, *rows = nullptr;
-  if (auto s = temp.Alloc(nr * db.dim, &rq); !s.ok()) return s;
-  if (auto s = temp.Alloc(nr * k, &rd); !s.ok()) return s;
-  if (auto s = temp.Alloc(nr * k, &ri); !s.ok()) return s;
-  if (auto s = temp.Alloc(nr, &rows); !s.ok()) return s;
-  // From pageable memory the copy has read `redo` by the time it returns.
-  SV_CUDA(cudaMemcpyAsync(rows, redo.data(), sizeof(int64_t) * nr, cudaMemcpyHostToDevice, stream),
-          "copy rows");
-  SV_CUDA(internal::CopyRows(queries, rows, rq, nullptr, nr, db.dim, stream), "gather");
-  if (auto s = FlatTopK(ctx, db, rq, nr, k, Metric::kL2, /*tf32=*/false, rd, ri, nullptr, nullptr,
-                        Budget(ctx));
-      !s.ok()) {
-    return s;
-  }
-  SV_CUDA(internal::CopyRows(rd, nullptr, out_dist, rows, nr, k, stream), "scatter");
-  SV_CUDA(internal::CopyRows(ri, nullptr, out_ids, rows, nr, 2 * int64_t{k}, stream), "scatter");
-  return absl::OkStatus();
+  return OnSubset(ctx, queries, db.dim, k, redo, out_dist, out_ids,
+                  [&](const float* rq, int64_t m, float* rd, int64_t* ri) {
+                    return FlatTopK(ctx, db, rq, m, k, Metric::kL2, /*tf32=*/false, rd, ri,
+                                    nullptr, nullptr, Budget(ctx));
+                  });
 }
 
 // Queries whose ok flag (device, nq bytes) is 0 are searched again in float32;
@@ -383,22 +392,7 @@ absl::Status FlatSearchTf32(Context& ctx, const FlatData& db, const float* queri
   return SearchAgainWhereNotOk(ctx, db, queries, nq, k, ok, out_dist, out_ids, fallbacks);
 }
 
-// Exact search through TF32 tensor cores without a distance tile.
-//
-// Every (n/s)-th row forms a sample of s rows. The largest of a query's k smallest TF32
-// keys over the sample, each plus its row's error bound, bounds the query's k-th exact
-// float32 distance from above (k sample rows are that close). The GEMM over
-// all rows then keeps a row only when its own key is within that bound plus its own
-// error, which every row of the exact top k is; about k n / s rows a query pass, and are
-// re-ranked in float32. Errors: the query is rounded to TF32 and the row truncated, so a
-// product is off by at most 2^-9 of |x||q| once the float32 accumulation is added
-// (c1 = 2 eps on the key); the float32 sums behind ||x||^2, the key and the exact distance
-// add c2 (|x| + |q|)^2.
-//
-// A query whose list passes `cap` rows (often one just outside a dense region, whose
-// rows all fall within the TF32 margin of its bound) is filtered again with 8 times the
-// room; one still over, or whose sample has fewer than k live rows, is searched through a
-// TF32 distance tile (FlatSearchTf32).
+// How a FlatSearchFiltered pass is sized (PlanFilter).
 struct FilterPlan {
   int64_t sample_rows;
   int cap;
@@ -425,7 +419,8 @@ class StepTimer {
  public:
   explicit StepTimer(cudaStream_t stream)
       : stream_(stream), on_(std::getenv("SHARDVEC_FILTER_TRACE") != nullptr) {
-    Restart();
+    if (on_) cudaStreamSynchronize(stream_);
+    start_ = std::chrono::steady_clock::now();
   }
   void Mark(const char* step) {
     if (!on_) return;
@@ -435,12 +430,6 @@ class StepTimer {
                  std::chrono::duration<double, std::milli>(now - start_).count());
     start_ = now;
   }
-  void Restart() {
-    if (!on_) return;
-    cudaStreamSynchronize(stream_);
-    start_ = std::chrono::steady_clock::now();
-  }
-
  private:
   cudaStream_t stream_;
   bool on_;
@@ -475,9 +464,8 @@ struct SideStream {
 // The filter for nq queries, thresholds from the k best TF32 keys over `sample`. Writes
 // out_dist / out_ids (complete where count[q] <= cap) and count.
 absl::Status FilterPass(Context& ctx, const FlatData& db, const FlatData& sample,
-                        const float* queries,
-                        int64_t nq, int k, const FilterPlan& p, float* out_dist,
-                        int64_t* out_ids, int32_t* count) {
+                        const float* queries, int64_t nq, int k, const FilterPlan& p,
+                        float* out_dist, int64_t* out_ids, int32_t* count) {
   cudaStream_t stream = StreamOf(ctx);
   const int dim = db.dim;
   const float* x = static_cast<const float*>(db.vectors);
@@ -606,30 +594,6 @@ FilterPlan PlanFilter(const Context& ctx, const FlatData& db, int64_t nq, int k,
   return p;
 }
 
-// Runs search(sub_queries, m, sub_dist, sub_ids) on the queries at `which` (ascending) and
-// scatters the results into out_dist / out_ids.
-template <typename Search>
-absl::Status OnSubset(Context& ctx, const float* queries, int dim, int k,
-                      const std::vector<int64_t>& which, float* out_dist, int64_t* out_ids,
-                      Search search) {
-  cudaStream_t stream = StreamOf(ctx);
-  const int64_t m = static_cast<int64_t>(which.size());
-  Temp temp(stream);
-  int64_t *rows = nullptr, *ri = nullptr;
-  float *rq = nullptr, *rd = nullptr;
-  if (auto st = temp.Alloc(m, &rows); !st.ok()) return st;
-  if (auto st = temp.Alloc(m * dim, &rq); !st.ok()) return st;
-  if (auto st = temp.Alloc(m * k, &rd); !st.ok()) return st;
-  if (auto st = temp.Alloc(m * k, &ri); !st.ok()) return st;
-  SV_CUDA(cudaMemcpyAsync(rows, which.data(), sizeof(int64_t) * m, cudaMemcpyHostToDevice, stream),
-          "copy rows");
-  SV_CUDA(internal::CopyRows(queries, rows, rq, nullptr, m, dim, stream), "gather");
-  if (auto st = search(rq, m, rd, ri); !st.ok()) return st;
-  SV_CUDA(internal::CopyRows(rd, nullptr, out_dist, rows, m, k, stream), "scatter");
-  SV_CUDA(internal::CopyRows(ri, nullptr, out_ids, rows, m, 2 * int64_t{k}, stream), "scatter");
-  return absl::OkStatus();
-}
-
 // The queries whose count passes the cap (count: device, nq).
 absl::Status OverCap(Context& ctx, const int32_t* count, int64_t nq, int cap,
                      std::vector<int64_t>* over, int64_t* kept) {
@@ -650,6 +614,22 @@ absl::Status OverCap(Context& ctx, const int32_t* count, int64_t nq, int cap,
   return absl::OkStatus();
 }
 
+// Exact search through TF32 tensor cores without a distance tile.
+//
+// Every (n/s)-th row forms a sample of s rows. The largest of a query's k smallest TF32
+// keys over the sample, each plus its row's error bound, bounds the query's k-th exact
+// float32 distance from above (k sample rows are that close). The GEMM over
+// all rows then keeps a row only when its own key is within that bound plus its own
+// error, which every row of the exact top k is; about k n / s rows a query pass, and are
+// re-ranked in float32. Errors: the query is rounded to TF32 and the row truncated, so a
+// product is off by at most 2^-9 of |x||q| once the float32 accumulation is added
+// (c1 = 2 eps on the key); the float32 sums behind ||x||^2, the key and the exact distance
+// add c2 (|x| + |q|)^2.
+//
+// A query whose list passes `cap` rows (often one just outside a dense region, whose
+// rows all fall within the TF32 margin of its bound) is filtered again with 8 times the
+// room; one still over, or whose sample has fewer than k live rows, is searched through a
+// TF32 distance tile (FlatSearchTf32).
 absl::Status FlatSearchFiltered(Context& ctx, const FlatData& db, const float* queries,
                                 int64_t nq, int k, float* out_dist, int64_t* out_ids,
                                 int64_t* fallbacks) {
